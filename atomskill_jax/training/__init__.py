@@ -1,0 +1,1 @@
+"""atomskill_jax.training."""
