@@ -1,0 +1,182 @@
+"""The AtomSkill input pipeline: RLDS datasets -> mixed, shuffled, batched examples.
+
+Order (as in octo): per dataset, read this process's episodes -> shuffle episodes ->
+trajectory transforms (chunks, skill segments, keypose, ids) -> single steps; then mix
+the datasets by weight -> shuffle steps -> frame transforms (decode, resize, augment)
+-> batch. Images stay encoded until after the step shuffle, so its buffer is small.
+Every random choice is seeded from `config.seed`, so the order is a function of the
+seed, and the iterator state can be saved and restored (iterator.py).
+
+Example (one step; batches add a leading axis B):
+  observation/proprio   float32[P]      observation/state  float32[S] (use_state)
+  observation/image_<c> uint8[h, w, 3]  (config.cameras, config.image_size)
+  language_embedding    float32[E]
+  action_chunk          float32[H, A]   a[t:t+H] in config.action_space
+  action_chunk_mask     bool[H]         False past the episode end (last action repeats)
+  skill/actions         float32[L, A]   the step's skill segment resampled to L points
+  skill/length, skill/start, skill/end  int32 (end inclusive; steps of the episode)
+  skill/label_id        int32           skill/uid  int64 (unique segment id)
+  keypose               float32[A]      action_abs at the segment's terminal keyframe
+  timestep, episode_length, dataset_index   int32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from typing import Any, Mapping, Sequence
+
+import jax
+
+from atomskill_jax.data import frame_transforms, sources, statistics_compute, traj_transforms
+from atomskill_jax.data.iterator import DataIterator
+from atomskill_jax.data.normalization import Normalizer
+from atomskill_jax.data.statistics import DatasetStatistics
+from atomskill_jax.data.tf_setup import tf
+
+# Statistics-field aliases accepted in config.normalization.mask.
+MASK_ALIASES = {"proprio": "observation/proprio", "state": "observation/state"}
+
+
+def dataset_entries(config) -> list[tuple[str, float]]:
+    """(name or path, weight) pairs from config.datasets (dicts, or "name:weight" strings)."""
+    entries = config.datasets
+    if isinstance(entries, str):
+        entries = [e for e in entries.split(",") if e.strip()]
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            name, _, weight = entry.strip().rpartition(":")
+            try:
+                out.append((name, float(weight)) if name else (entry.strip(), 1.0))
+            except ValueError:  # a ':' inside a path such as gs://bucket
+                out.append((entry.strip(), 1.0))
+        else:
+            out.append((str(entry["name"]), float(entry.get("weight", 1.0))))
+    if not out:
+        raise ValueError("config.datasets is empty: name at least one dataset")
+    if any(w < 0 for _, w in out) or sum(w for _, w in out) <= 0:
+        raise ValueError(f"config.datasets weights must be >= 0 with a positive sum: {out}")
+    return out
+
+
+def normalizer_keys(action_space: str) -> dict[str, str]:
+    """Which statistics field normalises which example key."""
+    return {"action_chunk": action_space, "skill/actions": action_space,
+            "keypose": "action_abs", "observation/proprio": "observation/proprio",
+            "observation/state": "observation/state"}
+
+
+def derive_seed(seed: int, *tags: Any) -> int:
+    """A 31-bit seed per use (files, episodes, mixing...), stable across runs and hosts."""
+    digest = hashlib.sha256("/".join(map(str, (seed, *tags))).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def open_sources(config) -> list[sources.DatasetSource]:
+    """Open the configured datasets; check each has what the config asks for and that
+    all agree on dimensions (mixing needs one example structure)."""
+    opened = []
+    for name, _ in dataset_entries(config):
+        source = sources.open_source(name, config.get("data_dir") or None)
+        sources.check_fields(source, cameras=tuple(config.cameras), use_state=config.use_state)
+        opened.append(source)
+    first = opened[0]
+    for other in opened[1:]:
+        for dim in ("action_dim", "proprio_dim", "language_dim") + (
+                ("state_dim",) if config.use_state else ()):
+            if getattr(other, dim) != getattr(first, dim):
+                raise sources.DatasetError(
+                    f"{other.describe()} has {dim}={getattr(other, dim)} but "
+                    f"{first.describe()} has {getattr(first, dim)}; datasets mixed in one "
+                    f"pipeline must agree")
+    return opened
+
+
+def _per_dataset(source, index: int, config, *, train: bool, process_index: int,
+                 process_count: int) -> tf.data.Dataset:
+    seed = config.seed
+    ds = sources.read_episodes(
+        source, split=config.split, process_index=process_index, process_count=process_count,
+        shuffle_seed=derive_seed(seed, "files", index) if train else None,
+        keep_cameras=tuple(config.cameras), keep_state=config.use_state)
+    if train:
+        ds = ds.repeat().shuffle(config.episode_shuffle_buffer,
+                                 seed=derive_seed(seed, "episodes", index))
+    steps = functools.partial(
+        traj_transforms.training_steps, dataset_index=index, horizon=int(config.horizon),
+        resample_length=int(config.skill_resample_length), action_space=config.action_space)
+    ds = ds.map(steps, num_parallel_calls=config.num_parallel_calls, deterministic=True)
+    return ds.unbatch()
+
+
+def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
+                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """Local batches (this process's share: batch_size / process_count) as a tf.data.Dataset."""
+    if config.batch_size % process_count:
+        raise ValueError(f"batch size {config.batch_size} does not split over "
+                         f"{process_count} processes")
+    local_batch = config.batch_size // process_count
+    weights = [w for _, w in dataset_entries(config)]
+    per_dataset = [_per_dataset(s, i, config, train=train, process_index=process_index,
+                                process_count=process_count) for i, s in enumerate(opened)]
+    if len(per_dataset) == 1:
+        ds = per_dataset[0]
+    else:
+        total = sum(weights)
+        ds = tf.data.Dataset.sample_from_datasets(
+            per_dataset, weights=[w / total for w in weights],
+            seed=derive_seed(config.seed, "mix"), stop_on_empty_dataset=False)
+    if train:
+        ds = ds.shuffle(config.example_shuffle_buffer, seed=derive_seed(config.seed, "steps"))
+    augment = train and config.augment and bool(config.cameras)
+    aug_seed = derive_seed(config.seed, "augment", process_index)
+
+    def frame(counter, example):
+        return frame_transforms.process_frame(
+            example, cameras=tuple(config.cameras), size=tuple(config.image_size),
+            augment=augment, seed=tf.stack([tf.constant(aug_seed, tf.int64), counter]),
+            augment_kwargs=dict(config.augment_kwargs))
+
+    ds = ds.enumerate().map(frame, num_parallel_calls=config.num_parallel_calls,
+                            deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(config.prefetch)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+@dataclasses.dataclass
+class DataPipeline:
+    dataset: tf.data.Dataset  # local batches, before normalisation
+    sources: list[sources.DatasetSource]
+    statistics: list[DatasetStatistics]
+    normalizer: Normalizer
+    global_batch_size: int
+
+    def iterator(self, mesh=None) -> DataIterator:
+        return DataIterator(self.dataset, normalize=self.normalizer.normalize, mesh=mesh,
+                            global_batch_size=self.global_batch_size)
+
+
+def make_normalizer(config, stats: Sequence[DatasetStatistics]) -> Normalizer:
+    masks: Mapping[str, Any] = config.normalization.get("mask", {}) or {}
+    masks = {MASK_ALIASES.get(k, k): tuple(bool(b) for b in v) for k, v in masks.items()}
+    return Normalizer(keys=normalizer_keys(config.action_space),
+                      statistics=[s.fields for s in stats],
+                      mode=config.normalization.mode, masks=masks)
+
+
+def make_pipeline(config, *, train: bool = True, process_index: int | None = None,
+                  process_count: int | None = None) -> DataPipeline:
+    """Open the datasets, load (or compute once) their statistics, build the pipeline."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    opened = open_sources(config)
+    stats = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
+    dataset = build_dataset(config, opened, train=train, process_index=process_index,
+                            process_count=process_count)
+    return DataPipeline(dataset=dataset, sources=opened, statistics=stats,
+                        normalizer=make_normalizer(config, stats),
+                        global_batch_size=int(config.batch_size))

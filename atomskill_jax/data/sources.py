@@ -1,0 +1,183 @@
+"""Find, open and read RLDS datasets written with tensorflow-datasets.
+
+A dataset is named either by a directory (its version directory, or a directory
+holding version directories: the newest is taken) or by a name resolved under a data
+root (`data_dir`, else $ATOMSKILL_DATA_DIR, else ~/tensorflow_datasets), e.g.
+"metaworld_scripted/rlbench6" -> <root>/metaworld_scripted/rlbench6/<newest version>.
+Paths go through tf.io.gfile so gs:// buckets work on TPU pods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow_datasets as tfds
+
+from atomskill_jax.data.tf_setup import tf
+
+DATA_DIR_ENV = "ATOMSKILL_DATA_DIR"
+INFO_FILE = "dataset_info.json"
+
+# Step fields every training example is built from (the RLDS data contract).
+REQUIRED_STEP_FIELDS = ("action", "action_abs", "keypose", "skill_segment", "skill_label_id",
+                        "language_embedding")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the dataset and the field."""
+
+
+def data_root(data_dir: str | None = None) -> str:
+    return (data_dir or os.environ.get(DATA_DIR_ENV)
+            or os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _version_dirs(path: str) -> list[tuple[tfds.core.Version, str]]:
+    found = []
+    for entry in tf.io.gfile.listdir(path):
+        entry = entry.rstrip("/")
+        if tfds.core.Version.is_valid(entry) and tf.io.gfile.exists(
+                os.path.join(path, entry, INFO_FILE)):
+            found.append((tfds.core.Version(entry), os.path.join(path, entry)))
+    return sorted(found)
+
+
+def resolve_dataset_dir(name_or_path: str, data_dir: str | None = None) -> str:
+    """The version directory of a dataset given by path or by name under the data root."""
+    if tf.io.gfile.isdir(name_or_path):
+        path = name_or_path
+    else:
+        root = data_root(data_dir)
+        path = os.path.join(root, name_or_path)
+        if not tf.io.gfile.isdir(path):
+            raise DatasetError(
+                f"dataset {name_or_path!r}: no such directory, and not found under the data "
+                f"root {root!r} (set data_dir or ${DATA_DIR_ENV}, or build it with "
+                f"`atomskill build-data`)")
+    if tf.io.gfile.exists(os.path.join(path, INFO_FILE)):
+        return path
+    versions = _version_dirs(path)
+    if versions:
+        return versions[-1][1]
+    children = [c.rstrip("/") for c in tf.io.gfile.listdir(path)
+                if tf.io.gfile.isdir(os.path.join(path, c))]
+    configs = [c for c in children if _version_dirs(os.path.join(path, c))]
+    if configs:
+        raise DatasetError(
+            f"dataset {name_or_path!r} ({path}) has several configs: {', '.join(sorted(configs))}; "
+            f"name one, e.g. {name_or_path.rstrip('/')}/{sorted(configs)[0]!s}")
+    raise DatasetError(
+        f"dataset {name_or_path!r}: {path} is not an RLDS dataset written by "
+        f"tensorflow-datasets (no {INFO_FILE} in it or in a version subdirectory "
+        f"such as {path}/1.0.0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """An opened dataset and what its episodes hold."""
+
+    name: str  # as given in the config (for messages)
+    directory: str  # its version directory
+    builder: tfds.core.DatasetBuilder
+    action_dim: int
+    proprio_dim: int
+    state_dim: int | None
+    cameras: tuple[str, ...]
+    language_dim: int
+
+    def num_episodes(self, split: str = "train") -> int:
+        return self.builder.info.splits[split].num_examples
+
+    def describe(self) -> str:
+        return f"dataset {self.name!r} ({self.directory})"
+
+
+def open_source(name_or_path: str, data_dir: str | None = None) -> DatasetSource:
+    directory = resolve_dataset_dir(name_or_path, data_dir)
+    try:
+        builder = tfds.builder_from_directory(directory)
+        features = builder.info.features
+    except Exception as err:  # noqa: BLE001 - any failure here means "not readable"
+        raise DatasetError(f"dataset {name_or_path!r} ({directory}) cannot be opened by "
+                           f"tensorflow-datasets: {type(err).__name__}: {err}") from err
+    where = f"dataset {name_or_path!r} ({directory})"
+    if "steps" not in features or not isinstance(features["steps"], tfds.features.Dataset):
+        raise DatasetError(f"{where} is not RLDS: it has no nested 'steps' feature "
+                           f"(features: {', '.join(features.keys())})")
+    steps = features["steps"]
+    for field in (*REQUIRED_STEP_FIELDS, "observation"):
+        if field not in steps:
+            raise DatasetError(f"{where}: field 'steps/{field}' missing (the RLDS data "
+                               f"contract in ARCHITECTURE.md); rebuild it with its builder")
+    obs = steps["observation"]
+    if "proprio" not in obs:
+        raise DatasetError(f"{where}: field 'steps/observation/proprio' missing")
+    cameras = tuple(k[len("image_"):] for k in obs.keys() if k.startswith("image_"))
+    return DatasetSource(
+        name=name_or_path, directory=directory, builder=builder,
+        action_dim=int(steps["action"].shape[-1]),
+        proprio_dim=int(obs["proprio"].shape[-1]),
+        state_dim=int(obs["state"].shape[-1]) if "state" in obs else None,
+        cameras=cameras,
+        language_dim=int(steps["language_embedding"].shape[-1]))
+
+
+def check_fields(source: DatasetSource, *, cameras=(), use_state: bool = False) -> None:
+    """Raise a DatasetError naming the dataset and field the config asks for but it lacks."""
+    for cam in cameras:
+        if cam not in source.cameras:
+            have = ", ".join(source.cameras) or "none"
+            raise DatasetError(f"{source.describe()}: field 'steps/observation/image_{cam}' "
+                               f"missing (it has cameras: {have}); fix data.cameras")
+    if use_state and source.state_dim is None:
+        raise DatasetError(f"{source.describe()}: field 'steps/observation/state' missing; "
+                           f"set data.use_state=False for datasets without simulator state")
+
+
+def _episode_offsets(source: DatasetSource, split: str):
+    """File names and the global index of each file's first episode (from dataset_info)."""
+    info = source.builder.info.splits[split]
+    lengths = [int(n) for n in info.shard_lengths]
+    offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+    return list(info.filenames), offsets
+
+
+def read_episodes(source: DatasetSource, *, split: str = "train", process_index: int = 0,
+                  process_count: int = 1, shuffle_seed: int | None = None,
+                  keep_cameras=(), keep_state: bool = False) -> tf.data.Dataset:
+    """This process's share of episodes, each a dict of per-step tensors [T, ...].
+
+    Adds `episode_index` (int64): the episode's index in the whole split, stable
+    across processes and runs (file offset + position in file, from its tfds id).
+    Images stay encoded (decoded per frame later); unused fields are dropped early so
+    shuffle buffers and saved iterator states stay small.
+    """
+    if split not in source.builder.info.splits:
+        raise DatasetError(f"{source.describe()}: no split {split!r} "
+                           f"(has {', '.join(source.builder.info.splits.keys())})")
+    if source.num_episodes(split) < process_count:
+        raise DatasetError(f"{source.describe()}: {source.num_episodes(split)} episodes in "
+                           f"split {split!r}, fewer than the {process_count} processes")
+    sub_split = tfds.even_splits(split, n=process_count)[process_index]
+    read_config = tfds.ReadConfig(add_tfds_id=True, try_autocache=False,
+                                  shuffle_seed=shuffle_seed)
+    ds = source.builder.as_dataset(
+        split=sub_split, shuffle_files=shuffle_seed is not None, read_config=read_config,
+        decoders={"steps": tfds.decode.SkipDecoding()})
+    filenames, offsets = _episode_offsets(source, split)
+    filenames_t = tf.constant(filenames)
+    offsets_t = tf.constant(offsets, tf.int64)
+    obs_keys = ["proprio"] + (["state"] if keep_state else []) + [f"image_{c}" for c in keep_cameras]
+
+    def select(episode):
+        file_and_pos = tf.strings.split(episode["tfds_id"], "__")
+        file_slot = tf.where(tf.equal(filenames_t, file_and_pos[0]))[:, 0]
+        position = tf.strings.to_number(file_and_pos[-1], tf.int64)
+        steps = episode["steps"]
+        out = {k: steps[k] for k in REQUIRED_STEP_FIELDS}
+        out["observation"] = {k: steps["observation"][k] for k in obs_keys}
+        out["episode_index"] = tf.gather(offsets_t, file_slot)[0] + position
+        return out
+
+    return ds.map(select)
