@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# A level change must also exceed this many noise stds: with few samples on one
+# side, a penalised split of pure noise can still differ by ~1.3 std in mean.
+MIN_CONTRAST_NOISE_STDS = 2.5
+
 
 def robust_noise_std(x: np.ndarray) -> float:
     """Noise std from the MAD of first differences.
@@ -93,16 +97,21 @@ def closed_state(x: np.ndarray, *, closed_high: bool, min_contrast: float,
         return np.zeros((num,), bool)
     # The noise floor keeps the threshold positive on clean signals while any level
     # change of min_contrast over min_hold steps still clears it.
-    sigma = max(robust_noise_std(x), 0.1 * min_contrast)
+    noise = robust_noise_std(x)
+    sigma = max(noise, 0.1 * min_contrast)
     threshold = penalty * np.log(max(num, 3)) * sigma ** 2
     # min_len=1 keeps short runs exact; debouncing below decides what is chatter.
     cps = binary_segmentation(x, min_len=1, threshold=threshold)
     bounds = [0, *cps, num]
     means = np.array([x[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
-    lo, hi = float(means.min()), float(means.max())
-    if hi - lo < min_contrast:
+    # The episode's levels, from pieces longer than one step when there are any: a
+    # lone noise outlier split off as its own piece must not stretch the range.
+    lengths = np.diff(bounds)
+    ref = means[lengths >= 2] if (lengths >= 2).any() else means
+    lo, hi = float(ref.min()), float(ref.max())
+    if hi - lo < max(min_contrast, MIN_CONTRAST_NOISE_STDS * noise):
         return np.zeros((num,), bool)
-    level = (means - lo) / (hi - lo)
+    level = (means - lo) / (hi - lo)  # may leave [0, 1] for outlier pieces: fine
     if not closed_high:
         level = 1.0 - level
     state = np.zeros((num,), bool)

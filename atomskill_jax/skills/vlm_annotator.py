@@ -104,6 +104,9 @@ class VLMAnnotator:
                 "the vlm annotator needs base_url and model (e.g. base_url="
                 "'http://localhost:8000/v1' for vLLM or 'http://localhost:11434/v1' for "
                 "Ollama), or ATOMSKILL_VLM_BASE_URL and ATOMSKILL_VLM_MODEL set")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"vlm base_url must start with http:// or https://, got "
+                             f"{self.base_url!r}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.api_key_env = api_key_env

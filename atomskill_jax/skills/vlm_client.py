@@ -7,6 +7,7 @@ choices[0].message.content. Standard library only.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -71,8 +72,8 @@ def post_chat(base_url: str, payload: dict[str, Any], *, api_key: str | None,
         if isinstance(e.reason, (TimeoutError, socket.timeout)):
             raise VLMError(f"no answer from {url} within {timeout:g} s") from None
         raise VLMError(f"cannot reach {url}: {e.reason}") from None
-    except (ConnectionError, OSError) as e:
-        raise VLMError(f"connection to {url} failed: {e}") from None
+    except (ConnectionError, OSError, http.client.HTTPException) as e:
+        raise VLMError(f"connection to {url} failed: {e!r}") from None
     try:
         data = json.loads(body.decode("utf-8"))
         content = data["choices"][0]["message"]["content"]
