@@ -2,8 +2,9 @@
 
 Order (as in octo): per dataset, read this process's episodes -> shuffle episodes ->
 trajectory transforms (chunks, skill segments, keypose, ids) -> single steps; then mix
-the datasets by weight -> shuffle steps -> frame transforms (decode, resize, augment)
--> batch. Images stay encoded until after the step shuffle, so its buffer is small.
+the datasets by weight -> shuffle steps -> frame transforms (decode, resize) -> batch ->
+augment images (batched: see frame_transforms.py). Images stay encoded until after the
+step shuffle, so its buffer stays small.
 Every random choice is seeded from `config.seed`, so the order is a function of the
 seed, and the iterator state can be saved and restored (iterator.py).
 
@@ -25,9 +26,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import ml_collections
 
 from atomskill_jax.data import frame_transforms, sources, statistics_compute, traj_transforms
 from atomskill_jax.data.iterator import DataIterator
@@ -130,18 +132,22 @@ def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: boo
             seed=derive_seed(config.seed, "mix"), stop_on_empty_dataset=False)
     if train:
         ds = ds.shuffle(config.example_shuffle_buffer, seed=derive_seed(config.seed, "steps"))
-    augment = train and config.augment and bool(config.cameras)
-    aug_seed = derive_seed(config.seed, "augment", process_index)
+    cameras = tuple(config.cameras)
+    frame = functools.partial(frame_transforms.process_frame, cameras=cameras,
+                              size=tuple(config.image_size))
+    ds = ds.map(frame, num_parallel_calls=config.num_parallel_calls, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    if train and config.augment and cameras:
+        aug_seed = derive_seed(config.seed, "augment", process_index)
 
-    def frame(counter, example):
-        return frame_transforms.process_frame(
-            example, cameras=tuple(config.cameras), size=tuple(config.image_size),
-            augment=augment, seed=tf.stack([tf.constant(aug_seed, tf.int64), counter]),
-            augment_kwargs=dict(config.augment_kwargs))
+        def augment(position, batch):  # randomness from (seed, batch position) only
+            return frame_transforms.augment_batch(
+                batch, tf.stack([tf.constant(aug_seed, tf.int64), position]), cameras=cameras,
+                augment_kwargs=dict(config.augment_kwargs))
 
-    ds = ds.enumerate().map(frame, num_parallel_calls=config.num_parallel_calls,
-                            deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(config.prefetch)
+        ds = ds.enumerate().map(augment, num_parallel_calls=config.num_parallel_calls,
+                                deterministic=True)
+    ds = ds.prefetch(config.prefetch)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
@@ -149,14 +155,25 @@ def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: boo
 
 @dataclasses.dataclass
 class DataPipeline:
-    dataset: tf.data.Dataset  # local batches, before normalisation
+    """Opened datasets, their statistics and a way to iterate them.
+
+    Each `dataset()` / `iterator()` call builds the tf.data graph afresh: a re-iterated
+    tf.data object would continue its shuffle seeds (reshuffle_each_iteration) and
+    start elsewhere, while a fresh one always starts at the seed's first batch.
+    """
+
     sources: list[sources.DatasetSource]
     statistics: list[DatasetStatistics]
     normalizer: Normalizer
     global_batch_size: int
+    build: Callable[[], tf.data.Dataset]
+
+    def dataset(self) -> tf.data.Dataset:
+        """Local batches (this process's share), before normalisation."""
+        return self.build()
 
     def iterator(self, mesh=None) -> DataIterator:
-        return DataIterator(self.dataset, normalize=self.normalizer.normalize, mesh=mesh,
+        return DataIterator(self.build(), normalize=self.normalizer.normalize, mesh=mesh,
                             global_batch_size=self.global_batch_size)
 
 
@@ -175,8 +192,10 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     process_count = jax.process_count() if process_count is None else process_count
     opened = open_sources(config)
     stats = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
-    dataset = build_dataset(config, opened, train=train, process_index=process_index,
-                            process_count=process_count)
-    return DataPipeline(dataset=dataset, sources=opened, statistics=stats,
+    config = ml_collections.ConfigDict(config.to_dict())  # later edits must not leak in
+    build = functools.partial(build_dataset, config, opened, train=train,
+                              process_index=process_index, process_count=process_count)
+    build()  # fail now, not at the first batch, if the graph cannot be built
+    return DataPipeline(sources=opened, statistics=stats,
                         normalizer=make_normalizer(config, stats),
-                        global_batch_size=int(config.batch_size))
+                        global_batch_size=int(config.batch_size), build=build)

@@ -171,9 +171,13 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
     obs_keys = ["proprio"] + (["state"] if keep_state else []) + [f"image_{c}" for c in keep_cameras]
 
     def select(episode):
-        file_and_pos = tf.strings.split(episode["tfds_id"], "__")
-        file_slot = tf.where(tf.equal(filenames_t, file_and_pos[0]))[:, 0]
-        position = tf.strings.to_number(file_and_pos[-1], tf.int64)
+        # tfds id: "<file name>__<position in file>" (file names may contain "__").
+        tfds_id = episode["tfds_id"]
+        file_name = tf.strings.regex_replace(tfds_id, "__[0-9]+$", "")
+        position = tf.strings.to_number(tf.strings.regex_replace(tfds_id, "^.*__", ""), tf.int64)
+        file_slot = tf.where(tf.equal(filenames_t, file_name))[:, 0]
+        tf.debugging.assert_equal(tf.size(file_slot), 1, message=(
+            f"{source.describe()}: an episode's file is not listed in dataset_info.json"))
         steps = episode["steps"]
         out = {k: steps[k] for k in REQUIRED_STEP_FIELDS}
         out["observation"] = {k: steps["observation"][k] for k in obs_keys}
