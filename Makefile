@@ -27,7 +27,7 @@ osmesa:
 	fi
 
 test: $(DEPS) osmesa
-	MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 demo: $(DEPS)
 	$(BIN)/atomskill demo

@@ -29,7 +29,6 @@ BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench
 def _quiet_tensorflow() -> None:
     # Data work only: keep TensorFlow off accelerators and quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
 
 
 def _positive_int(text: str) -> int:
@@ -90,7 +89,8 @@ def _cmd_build_data(args) -> int:
     if cameras:
         from atomskill_jax.envs import metaworld as mw
 
-        ok, why = mw.rendering_available()
+        with mw.RenderingRolloutWorker() as worker:
+            ok, why = worker.check()
         if not ok:
             print(f"build-data: images asked for but rendering is unavailable: {why}",
                   file=sys.stderr)

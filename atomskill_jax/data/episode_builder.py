@@ -74,6 +74,10 @@ class RldsEpisodeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     source file loses only that episode.
     """
 
+    # Nothing is downloaded, so there is no checksum file to look up (looking
+    # needs importlib_resources, which tensorflow-datasets does not declare).
+    url_infos = None
+
     def episode_spec(self) -> rlds_schema.EpisodeSpec:
         raise NotImplementedError
 

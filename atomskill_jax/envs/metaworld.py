@@ -231,3 +231,73 @@ def rendering_available() -> tuple[bool, str]:
     except Exception as err:  # noqa: BLE001 - any GL failure means no rendering
         return False, f"{type(err).__name__}: {err}"
     return True, ""
+
+
+# -- rendering out of process ----------------------------------------------------
+# MuJoCo's OSMesa backend and TensorFlow cannot share a process: with both loaded
+# the interpreter crashes at exit ("free(): invalid pointer"), losing the exit
+# status. Rollouts that render therefore run in a spawned worker process that
+# never imports TensorFlow; the builder (which needs TensorFlow) only receives
+# numpy arrays.
+
+_WORKER_ENVS: dict[tuple, MetaWorldEnv] = {}
+
+
+def render_backend() -> str:
+    """The GL backend render workers use: MUJOCO_GL (or its stash) if it names one."""
+    backend = os.environ.get("ATOMSKILL_RENDER_GL") or os.environ.get("MUJOCO_GL", "")
+    return backend if backend in ("osmesa", "egl") else "osmesa"
+
+
+def keep_gl_out_of_this_process() -> None:
+    """Call before MuJoCo is imported in a process that uses TensorFlow."""
+    os.environ["ATOMSKILL_RENDER_GL"] = render_backend()
+    os.environ.pop("MUJOCO_GL", None)
+    os.environ.pop("PYOPENGL_PLATFORM", None)
+
+
+def _init_render_worker(gl_backend: str) -> None:
+    os.environ["MUJOCO_GL"] = gl_backend
+    os.environ["PYOPENGL_PLATFORM"] = gl_backend
+
+
+def _worker_rollout(task: str, layout: int, cameras: tuple, image_size: tuple,
+                    max_steps: int, kwargs: dict) -> dict[str, Any]:
+    key = (task, cameras, image_size, max_steps)
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = MetaWorldEnv(task, cameras=cameras, image_size=image_size,
+                                         max_steps=max_steps)
+    return rollout_expert(task, layout, max_steps=max_steps, env=_WORKER_ENVS[key], **kwargs)
+
+
+def _worker_rendering_available() -> tuple[bool, str]:
+    return rendering_available()
+
+
+class RenderingRolloutWorker:
+    """Runs `rollout_expert` with cameras in a separate process (see above)."""
+
+    def __init__(self, gl_backend: str | None = None):
+        import concurrent.futures
+        import multiprocessing
+
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_render_worker, initargs=(gl_backend or render_backend(),))
+
+    def check(self) -> tuple[bool, str]:
+        return self._pool.submit(_worker_rendering_available).result()
+
+    def rollout(self, task: str, layout: int, *, cameras: Sequence[str], image_size=(128, 128),
+                max_steps: int = 500, **kwargs) -> dict[str, Any]:
+        return self._pool.submit(_worker_rollout, task, int(layout), tuple(cameras),
+                                 tuple(image_size), int(max_steps), kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
