@@ -36,9 +36,6 @@ STATE_DIM = 39
 PROPRIO_DIM = 4  # hand xyz + gripper opening
 ACTION_DIM = 4  # hand xyz delta (or target) + gripper command
 
-# The experts' P-controllers ask for more than [-1, 1]; we clip as the env does.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
-
 # Policy class names that do not follow Sawyer<CamelCaseTask>V3Policy.
 _POLICY_NAME_EXCEPTIONS = {"peg-insert-side": "SawyerPegInsertionSideV3Policy"}
 
@@ -186,7 +183,10 @@ def rollout_expert(task: str, layout: int = 0, *, seed: int = 0, noise_std: floa
         for t in range(max_steps):
             for cam, img in env.render().items():
                 images[cam].append(img)
-            clean = np.clip(np.asarray(policy.get_action(obs), np.float64), -1.0, 1.0)
+            with warnings.catch_warnings():
+                # The experts' P-controllers ask for more than [-1, 1]; clip as the env does.
+                warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+                clean = np.clip(np.asarray(policy.get_action(obs), np.float64), -1.0, 1.0)
             executed = clean
             if noise_std > 0:
                 executed = np.clip(clean + rng.normal(0.0, noise_std, size=clean.shape), -1.0, 1.0)

@@ -15,6 +15,7 @@ import json
 import os
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from atomskill_jax.data import episode_builder, rlds_schema
@@ -88,20 +89,25 @@ class Reannotated(episode_builder.RldsEpisodeBuilder):
         cfg = self.builder_config
         annotator = annotate.make_annotator(cfg.annotator, **dict(cfg.annotator_options))
         source = self._source()
-        # Decode episode by episode: a corrupt record loses only its episode.
-        iterator = iter(tfds.as_numpy(source.as_dataset(split="train")))
-        index = 0
-        while True:
-            try:
-                raw = next(iterator)
-            except StopIteration:
-                break
-            except Exception as err:  # noqa: BLE001 - a corrupt record
-                yield f"source-record-{index}", _raiser(err)
-                break  # the reader cannot continue past a corrupt TFRecord
-            index += 1
-            episode_id = str(_decode(raw["episode_metadata"]).get("episode_id", index))
-            yield episode_id, (lambda raw=raw: self._relabel(raw, annotator))
+        # Shard by shard, record by record: a corrupt shard loses only what follows
+        # the damage in that shard; the other shards are still read.
+        for path in _shard_files(cfg.source_dir, source):
+            index = 0
+            records = iter(tfds.as_numpy(tf.data.TFRecordDataset(path)))
+            while True:
+                try:
+                    serialized = next(records)
+                except StopIteration:
+                    break
+                except Exception as err:  # noqa: BLE001 - e.g. DataLossError
+                    yield f"{os.path.basename(path)}#{index}", _raiser(OSError(
+                        f"unreadable record {index} of {path} (the rest of this shard is "
+                        f"lost): {type(err).__name__}: {str(err).splitlines()[0]}"))
+                    break
+                index += 1
+                yield f"{os.path.basename(path)}#{index - 1}", (
+                    lambda s=serialized: self._relabel(
+                        _decode_record(source, s), annotator))
 
     def _relabel(self, raw, annotator):
         from atomskill_jax.skills import annotate
@@ -120,6 +126,21 @@ class Reannotated(episode_builder.RldsEpisodeBuilder):
         meta["num_skills"] = int(np.max(skills["skill_segment"])) + 1
         meta["annotator"] = cfg.annotator
         return episode
+
+
+def _shard_files(source_dir: str, source) -> list[str]:
+    prefix = f"{source.name}-train.tfrecord"
+    files = sorted(os.path.join(source_dir, f) for f in os.listdir(source_dir)
+                   if f.startswith(prefix))
+    if not files:
+        raise FileNotFoundError(f"no {prefix}* files in {source_dir}")
+    return files
+
+
+def _decode_record(source, serialized: bytes):
+    """One serialized RLDS episode -> numpy (nested steps as a list of dicts)."""
+    decoded = source.info.features.deserialize_example(serialized)
+    return tfds.as_numpy(decoded)
 
 
 def _raiser(err):

@@ -1,0 +1,82 @@
+"""Re-annotation of an existing dataset: no new rollouts, bad shards cost only themselves."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_builders.reannotate import reannotate_dataset_builder as rb
+from tests import fake_vlm_server as fake
+
+
+def _steps_by_episode(dataset_dir):
+    builder = tfds.builder_from_directory(dataset_dir)
+    out = {}
+    for ep in tfds.as_numpy(builder.as_dataset(split="train")):
+        rows = list(ep["steps"])
+        out[ep["episode_metadata"]["episode_id"].decode()] = (
+            {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "observation"},
+            ep["episode_metadata"])
+    return out
+
+
+def test_rule_reannotation_reproduces_the_builders_labels(metaworld_rlds_dir, tmp_path):
+    out_dir, report = rb.reannotate(metaworld_rlds_dir, str(tmp_path), annotator="rule")
+    assert report["written"] == 4 and report["num_skipped"] == 0
+    before, after = _steps_by_episode(metaworld_rlds_dir), _steps_by_episode(out_dir)
+    assert before.keys() == after.keys()
+    for eid, (steps, _) in before.items():
+        for key in ("skill_segment", "skill_label", "skill_label_id", "is_keyframe",
+                    "keypose", "action", "action_executed", "language_embedding"):
+            np.testing.assert_array_equal(steps[key], after[eid][0][key], err_msg=f"{eid} {key}")
+
+
+def test_vlm_reannotation_uses_the_endpoint(metaworld_rlds_dir, tmp_path):
+    # Every request gets a free-text label; the backend maps it onto the vocabulary.
+    def answer(request):
+        prompt = str(request)
+        label = "close the drawer by pushing it" if "drawer" in prompt else "grab the puck"
+        return fake.ok(label=label, description="described by the fake VLM")
+
+    with fake.FakeVLMServer(answer) as server:
+        out_dir, report = rb.reannotate(
+            metaworld_rlds_dir, str(tmp_path), annotator="vlm",
+            annotator_options={"base_url": server.base_url, "model": "fake-vlm",
+                               "backoff_s": 0.0, "cache_dir": str(tmp_path / "cache")})
+        assert len(server.requests) >= 5  # one per segment: 2 + 2 pick-place x2, drawer x2
+    assert report["written"] == 4
+    for eid, (steps, meta) in _steps_by_episode(out_dir).items():
+        assert meta["annotator"] == b"vlm"
+        assert set(steps["skill_description"]) == {b"described by the fake VLM"}
+        expected = b"close" if eid.startswith("drawer") else b"grasp"
+        assert steps["skill_label"][0] == expected
+
+
+def test_corrupt_shard_is_reported_and_other_shards_kept(metaworld_rlds_dir, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(metaworld_rlds_dir, source)
+    shard = next(f for f in os.listdir(source) if ".tfrecord" in f)
+    # Split the single shard into two files, then damage the second one.
+    import tensorflow as tf
+    records = list(tf.data.TFRecordDataset(str(source / shard)).as_numpy_iterator())
+    os.remove(source / shard)
+    prefix = shard.split(".tfrecord")[0] + ".tfrecord"
+    for i, chunk in enumerate((records[:2], records[2:])):
+        with tf.io.TFRecordWriter(str(source / f"{prefix}-{i:05d}-of-00002")) as w:
+            for r in chunk:
+                w.write(r)
+    damaged = source / f"{prefix}-00001-of-00002"
+    data = bytearray(damaged.read_bytes())
+    data[40:60] = b"\x00" * 20  # inside the first record's payload: its CRC fails
+    damaged.write_bytes(bytes(data))
+    out_dir, report = rb.reannotate(str(source), str(tmp_path / "out"), annotator="rule")
+    assert report["written"] == 2 and report["num_skipped"] == 1
+    (reason,), = [list(report["skipped"])]
+    assert "00001-of-00002" in reason and "unreadable record 0" in reason
+
+
+def test_not_a_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset_info.json"):
+        rb.reannotate(str(tmp_path), str(tmp_path / "out"))
