@@ -96,3 +96,19 @@ def test_statistics_json_round_trip():
     back = norm.FieldStatistics.from_json(STATS.to_json())
     for name in norm.STAT_NAMES:
         np.testing.assert_allclose(getattr(back, name), getattr(STATS, name), rtol=1e-6)
+
+
+def test_normalizer_from_config_with_mask_aliases():
+    from atomskill_jax.data.config import default_data_config
+    config = default_data_config()
+    config.action_space = "action_abs"
+    config.normalization.mode = "min_max"
+    config.normalization.mask = {"proprio": (True, False, True)}
+    normalizer = norm.normalizer_from_config(
+        config, [{"action_abs": STATS, "observation/proprio": STATS}])
+    assert normalizer.keys["action_chunk"] == "action_abs" and normalizer.mode == "min_max"
+    x = DATA[:3].astype(np.float32)
+    out = normalizer.normalize({"observation": {"proprio": x}, "skill": {"actions": x[None]}})
+    np.testing.assert_array_equal(out["observation"]["proprio"][:, 1], x[:, 1])
+    np.testing.assert_allclose(out["skill"]["actions"][0],
+                               norm.normalize(x, STATS, "min_max"), rtol=1e-6)

@@ -11,8 +11,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-import synthetic_rlds
+try:  # tests/ as a package or as a plain directory on sys.path
+    from tests import synthetic_rlds
+except ImportError:
+    import synthetic_rlds
 from atomskill_jax.data import config as data_config
 from atomskill_jax.data import pipeline, sources, traj_transforms
 from atomskill_jax.training.mesh import make_mesh
@@ -58,11 +62,11 @@ def images_dir(tmp_path_factory):
     return synthetic_rlds.cached(tmp_path_factory, "images", cameras=("front",))
 
 
-def test_order_is_a_function_of_the_seed(state_dir):
-    pipe = pipeline.make_pipeline(_config(state_dir))
+def test_order_is_a_function_of_the_seed(metaworld_rlds_dir):
+    pipe = pipeline.make_pipeline(_config(metaworld_rlds_dir))
     first = _take(pipe.iterator(), 3)
     again = _take(pipe.iterator(), 3)  # a second iterator starts at the seed's start too
-    other = _take(pipeline.make_pipeline(_config(state_dir, seed=1)).iterator(), 3)
+    other = _take(pipeline.make_pipeline(_config(metaworld_rlds_dir, seed=1)).iterator(), 3)
     assert all(_same(a, b) for a, b in zip(first, again))
     assert not all(_same(a, b) for a, b in zip(first, other))
 
@@ -106,13 +110,15 @@ def test_restore_gives_identical_batches_in_process_and_in_a_new_process(images_
     assert any(x.dtype == np.uint8 and x.ndim == 4 for x in flat)  # images were compared
 
 
-def test_mixing_follows_weights(state_dir, tmp_path_factory):
-    other = synthetic_rlds.cached(tmp_path_factory, "other", segments=((3, 5), (8,), (6, 6)))
-    it = pipeline.make_pipeline(_config(state_dir, other, weights=[3.0, 1.0],
-                                        batch_size=32)).iterator()
-    index = np.concatenate([b["dataset_index"] for b in _take(it, 25)])
+def test_mixing_follows_weights(metaworld_rlds_dir):
+    # The same dataset twice: two sources with their own index and segment ids.
+    config = _config(metaworld_rlds_dir, metaworld_rlds_dir, weights=[3.0, 1.0], batch_size=32)
+    batches = _take(pipeline.make_pipeline(config).iterator(), 25)
+    index = np.concatenate([b["dataset_index"] for b in batches])
     assert set(index.tolist()) == {0, 1}
     assert abs((index == 0).mean() - 0.75) < 0.06
+    uids = np.concatenate([b["skill"]["uid"] for b in batches])
+    assert all(traj_transforms.decode_segment_uid(u)[0] == i for u, i in zip(uids, index))
 
 
 def test_segment_ids_unique_across_datasets_episodes_segments(state_dir, tmp_path_factory):
@@ -131,6 +137,16 @@ def test_segment_ids_unique_across_datasets_episodes_segments(state_dir, tmp_pat
     assert all(len(keys) == 1 for keys in segments.values())  # ... and one segment per uid
     decoded = {traj_transforms.decode_segment_uid(u)[:2] for u in segments}
     assert {d for d, _ in decoded} == {0, 1} and len(decoded) == 9  # 6 + 3 episodes
+
+
+def test_each_process_reads_its_own_episodes(state_dir):
+    config = _config(state_dir, batch_size=2)  # global: 1 per process
+    seen = []
+    for index in range(2):
+        pipe = pipeline.make_pipeline(config, train=False, process_index=index, process_count=2)
+        seen.append({traj_transforms.decode_segment_uid(ex["skill"]["uid"][0])[1]
+                     for ex in pipe.iterator()})
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(6))
 
 
 def test_batches_on_the_mesh_normalised(state_dir):
@@ -166,6 +182,23 @@ def test_episodes_shorter_than_horizon_are_padded(tmp_path):
                                   batch["episode_length"] - batch["timestep"])
 
 
+class _NotRlds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A valid tensorflow-datasets dataset that is not RLDS (no `steps`)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    url_infos = None  # nothing to download, no checksum file to look up
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"x": tfds.features.Scalar(dtype=np.int32)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": ((i, {"x": i}) for i in range(2))}
+
+    def _generate_examples(self):
+        raise NotImplementedError
+
+
 def test_dataset_resolution_and_errors(state_dir, tmp_path):
     with pytest.raises(sources.DatasetError, match="no such directory"):
         sources.open_source("no_such_dataset", data_dir=str(tmp_path))
@@ -177,6 +210,11 @@ def test_dataset_resolution_and_errors(state_dir, tmp_path):
     (junk / "dataset_info.json").write_text("{garbage")
     with pytest.raises(sources.DatasetError, match="cannot be opened"):
         sources.open_source(str(junk))
+
+    table = _NotRlds(data_dir=str(tmp_path / "table"))
+    table.download_and_prepare()
+    with pytest.raises(sources.DatasetError, match="is not RLDS: it has no nested 'steps'"):
+        sources.open_source(table.data_dir)
 
     root = tmp_path / "root"
     for version in ("0.9.0", "1.2.0"):
@@ -206,3 +244,9 @@ def test_config_round_trips_through_json():
     assert pipeline.dataset_entries(back) == [("metaworld_scripted", 1.0)]
     config.datasets = ("a/b:2", "gs://bucket/c/1.0.0")  # as --config.data.datasets=... gives
     assert pipeline.dataset_entries(config) == [("a/b", 2.0), ("gs://bucket/c/1.0.0", 1.0)]
+
+
+def test_normalisation_and_statistics_files_need_no_tensorflow():
+    code = ("import sys; import atomskill_jax.data.normalization, atomskill_jax.data.statistics; "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

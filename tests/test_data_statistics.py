@@ -8,7 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-import synthetic_rlds
+try:  # tests/ as a package or as a plain directory on sys.path
+    from tests import synthetic_rlds
+except ImportError:
+    import synthetic_rlds
 from atomskill_jax.data import sources, statistics, statistics_compute
 
 

@@ -4,7 +4,10 @@ segments resampled exactly, ids, keyposes, images; eager and inside tf.data alik
 import numpy as np
 import pytest
 
-import synthetic_rlds
+try:  # tests/ as a package or as a plain directory on sys.path
+    from tests import synthetic_rlds
+except ImportError:
+    import synthetic_rlds
 from atomskill_jax.data import frame_transforms, traj_transforms
 from atomskill_jax.data.tf_setup import tf
 

@@ -170,3 +170,27 @@ class Normalizer:
 
     def unnormalize(self, batch: Mapping[str, Any], dataset_index=None) -> dict:
         return self._apply(unnormalize, batch, dataset_index)
+
+
+# Statistics-field aliases accepted in config.normalization.mask.
+MASK_ALIASES = {"proprio": "observation/proprio", "state": "observation/state"}
+
+
+def normalizer_keys(action_space: str) -> dict[str, str]:
+    """Which statistics field normalises which key of an AtomSkill example."""
+    return {"action_chunk": action_space, "skill/actions": action_space,
+            "keypose": "action_abs", "observation/proprio": "observation/proprio",
+            "observation/state": "observation/state"}
+
+
+def normalizer_from_config(config, statistics: Sequence[Any]) -> Normalizer:
+    """The normaliser a data config describes (`config.action_space`, `.normalization`).
+
+    `statistics`: per dataset, a `statistics.DatasetStatistics` or a mapping
+    field -> FieldStatistics (e.g. loaded from a checkpoint's assets by a server).
+    """
+    masks = config.normalization.get("mask", None) or {}
+    masks = {MASK_ALIASES.get(k, k): tuple(bool(b) for b in v) for k, v in masks.items()}
+    return Normalizer(keys=normalizer_keys(config.action_space),
+                      statistics=[getattr(s, "fields", s) for s in statistics],
+                      mode=config.normalization.mode, masks=masks)

@@ -26,20 +26,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 
 from atomskill_jax.data import frame_transforms, sources, statistics_compute, traj_transforms
 from atomskill_jax.data.iterator import DataIterator
-from atomskill_jax.data.normalization import Normalizer
+from atomskill_jax.data.normalization import Normalizer, normalizer_from_config
 from atomskill_jax.data.statistics import DatasetStatistics
 from atomskill_jax.data.tf_setup import tf
-
-# Statistics-field aliases accepted in config.normalization.mask.
-MASK_ALIASES = {"proprio": "observation/proprio", "state": "observation/state"}
-
 
 def dataset_entries(config) -> list[tuple[str, float]]:
     """(name or path, weight) pairs from config.datasets (dicts, or "name:weight" strings)."""
@@ -61,13 +57,6 @@ def dataset_entries(config) -> list[tuple[str, float]]:
     if any(w < 0 for _, w in out) or sum(w for _, w in out) <= 0:
         raise ValueError(f"config.datasets weights must be >= 0 with a positive sum: {out}")
     return out
-
-
-def normalizer_keys(action_space: str) -> dict[str, str]:
-    """Which statistics field normalises which example key."""
-    return {"action_chunk": action_space, "skill/actions": action_space,
-            "keypose": "action_abs", "observation/proprio": "observation/proprio",
-            "observation/state": "observation/state"}
 
 
 def derive_seed(seed: int, *tags: Any) -> int:
@@ -177,14 +166,6 @@ class DataPipeline:
                             global_batch_size=self.global_batch_size)
 
 
-def make_normalizer(config, stats: Sequence[DatasetStatistics]) -> Normalizer:
-    masks: Mapping[str, Any] = config.normalization.get("mask", {}) or {}
-    masks = {MASK_ALIASES.get(k, k): tuple(bool(b) for b in v) for k, v in masks.items()}
-    return Normalizer(keys=normalizer_keys(config.action_space),
-                      statistics=[s.fields for s in stats],
-                      mode=config.normalization.mode, masks=masks)
-
-
 def make_pipeline(config, *, train: bool = True, process_index: int | None = None,
                   process_count: int | None = None) -> DataPipeline:
     """Open the datasets, load (or compute once) their statistics, build the pipeline."""
@@ -197,5 +178,5 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
                               process_index=process_index, process_count=process_count)
     build()  # fail now, not at the first batch, if the graph cannot be built
     return DataPipeline(sources=opened, statistics=stats,
-                        normalizer=make_normalizer(config, stats),
+                        normalizer=normalizer_from_config(config, stats),
                         global_batch_size=int(config.batch_size), build=build)
