@@ -20,11 +20,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
+from atomskill_jax.data import tf_setup  # noqa: E402,F401  first: hides GPUs from TF
 from atomskill_jax.data import config as data_config  # noqa: E402
 from atomskill_jax.data import episode_builder, pipeline, rlds_schema  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
 
 class BenchEpisodes(episode_builder.RldsEpisodeBuilder, skip_registration=True):

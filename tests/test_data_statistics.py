@@ -85,7 +85,8 @@ def test_stale_statistics_detected(dataset_copy, tmp_path):
     assert path in str(err.value) and "num_episodes: 3 -> 6" in str(err.value)
     with pytest.raises(statistics.StatisticsError, match="stale"):
         statistics_compute.load_statistics(dataset_copy)
-    assert statistics_compute.load_statistics(dataset_copy, check_fingerprint=False).num_episodes == 3
+    unchecked = statistics_compute.load_statistics(dataset_copy, check_fingerprint=False)
+    assert unchecked.num_episodes == 3
 
 
 def test_missing_unreadable_nonfinite_files_named(dataset_copy):

@@ -35,8 +35,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     })
 
     # Shuffling: whole episodes first (decorrelates files), then single time steps.
-    # Both buffers are part of a saved iterator state, so they set its size on disk.
-    c.episode_shuffle_buffer = 32
+    # Both buffers are part of a saved iterator state, so they set its size on disk;
+    # with cameras a buffered episode holds all its encoded frames (~MBs each).
+    c.episode_shuffle_buffer = 8
     c.example_shuffle_buffer = 5000
     c.batch_size = 64  # global: split over processes, then over the mesh
     c.seed = 0

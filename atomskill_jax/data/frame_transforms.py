@@ -92,7 +92,8 @@ def augment_images(images: tf.Tensor, seed: tf.Tensor, *, crop_scale=(0.8, 1.0),
     if hue:
         to_yiq = tf.constant(_RGB_TO_YIQ)
         angle = uniform(7, -hue, hue) * 2.0 * math.pi
-        cos, sin, zero, one = tf.cos(angle), tf.sin(angle), tf.zeros_like(angle), tf.ones_like(angle)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        zero, one = tf.zeros_like(angle), tf.ones_like(angle)
         rotate = tf.stack([tf.stack([one, zero, zero], -1), tf.stack([zero, cos, -sin], -1),
                            tf.stack([zero, sin, cos], -1)], -1)  # [B, 3, 3]: rotates (I, Q)
         matrix = tf.einsum("ij,bjk,kl->bil", to_yiq, rotate, tf.linalg.inv(to_yiq))

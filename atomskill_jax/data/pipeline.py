@@ -37,6 +37,7 @@ from atomskill_jax.data.normalization import Normalizer, normalizer_from_config
 from atomskill_jax.data.statistics import DatasetStatistics
 from atomskill_jax.data.tf_setup import tf
 
+
 def dataset_entries(config) -> list[tuple[str, float]]:
     """(name or path, weight) pairs from config.datasets (dicts, or "name:weight" strings)."""
     entries = config.datasets
@@ -168,7 +169,12 @@ class DataPipeline:
 
 def make_pipeline(config, *, train: bool = True, process_index: int | None = None,
                   process_count: int | None = None) -> DataPipeline:
-    """Open the datasets, load (or compute once) their statistics, build the pipeline."""
+    """Open the datasets, load (or compute once) their statistics, build the pipeline.
+
+    train=True: endless, shuffled, augmented. train=False: one pass over this process's
+    episodes in file order, no shuffling or augmentation (the tail that does not fill
+    a batch is dropped; processes may see different numbers of batches).
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     opened = open_sources(config)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import tensorflow_datasets as tfds
+from atomskill_jax.data.tf_setup import tf  # first: hides GPUs before anything uses TF
 
-from atomskill_jax.data.tf_setup import tf
+import tensorflow_datasets as tfds  # noqa: E402  (after tf_setup on purpose)
 
 DATA_DIR_ENV = "ATOMSKILL_DATA_DIR"
 INFO_FILE = "dataset_info.json"
@@ -168,7 +168,8 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
     filenames, offsets = _episode_offsets(source, split)
     filenames_t = tf.constant(filenames)
     offsets_t = tf.constant(offsets, tf.int64)
-    obs_keys = ["proprio"] + (["state"] if keep_state else []) + [f"image_{c}" for c in keep_cameras]
+    obs_keys = (["proprio"] + (["state"] if keep_state else [])
+                + [f"image_{c}" for c in keep_cameras])
 
     def select(episode):
         # tfds id: "<file name>__<position in file>" (file names may contain "__").
