@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp")
 
@@ -29,3 +29,61 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
                          f"pick sizes whose product is {count} (or -1 for one of them)")
     return jax.make_mesh((data, fsdp), AXES, axis_types=(AxisType.Auto,) * len(AXES),
                          devices=devices)
+
+
+def maybe_initialize_distributed(enabled: bool | None = None) -> bool:
+    """`jax.distributed.initialize()` for multi-process launches, before any device use.
+
+    On when `enabled` (config.distributed.initialize) or $ATOMSKILL_DISTRIBUTED=1; the
+    coordinator address and process ids come from the cluster environment (SLURM, TPU
+    pods, or $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID).
+    """
+    import os
+
+    if enabled is None or enabled is False:
+        enabled = os.environ.get("ATOMSKILL_DISTRIBUTED", "") in ("1", "true", "yes")
+    if not enabled:
+        return False
+    if not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return True
+
+
+def mesh_from_config(config) -> Mesh:
+    """config.mesh = {data: -1, fsdp: 1}; -1 takes the devices the other axis leaves."""
+    return make_mesh(data=int(config.get("data", -1)), fsdp=int(config.get("fsdp", 1)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Drop an annotation on an axis the mesh does not have or cannot split evenly, so
+    one model annotation works on every mesh (tiny test sizes on 8 devices, say)."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = tuple(n for n in names if n in mesh.axis_names)
+        size = 1
+        for n in names:
+            size *= mesh.shape[n]
+        out.append(None if not names or dim % size else
+                   (names[0] if len(names) == 1 else names))
+    return PartitionSpec(*out)
+
+
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for an nnx.State (abstract or concrete) from its variables'
+    sharding annotations (`nnx.get_partition_spec`); unannotated leaves replicate."""
+    from flax import nnx
+
+    specs = nnx.get_partition_spec(state)
+
+    def one(spec, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        if not isinstance(spec, PartitionSpec):
+            spec = PartitionSpec()
+        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
+
+    return jax.tree.map(one, specs, state, is_leaf=lambda x: isinstance(x, PartitionSpec))

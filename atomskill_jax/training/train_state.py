@@ -1,0 +1,183 @@
+"""Train state and the jitted, sharded train step.
+
+The model is split once into a static graph and three states, chosen by filters:
+  params   Params trained in this stage (everything but ρ and its label head in
+           stage 'skill'; only those in stage 'sampler', so φ, the VQ codebook and ψ
+           stay frozen: they are not differentiated and have no optimiser state)
+  frozen   the other Params (passed through untouched)
+  rest     non-Param variables (VQ usage counts): updated by the step, not optimised
+`train_step(rng, state, batch) -> (state, metrics)` merges them, differentiates the
+loss with respect to `params` only, applies AdamW, updates the EMA, and folds the
+step into the rng so a resumed run draws the same noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from atomskill_jax.training import mesh as mesh_lib
+
+STAGES = ("skill", "sampler")
+
+
+def load_symbol(spec: str) -> Any:
+    """'package.module:attribute' -> the attribute."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_model(config, seed: int):
+    """The model of `config.model_factory` ('module:Class'); built without eager
+    sharding: placement is decided here from the annotations and the mesh."""
+    with nnx.use_eager_sharding(False):
+        return load_symbol(config.model_factory)(config.model, rngs=nnx.Rngs(seed))
+
+
+def trainable_filter(model, stage: str, sampler_modules=("sampler", "label_head")):
+    """Which Params a stage trains: the model may say (`model.trainable_filter`), else
+    ρ is any path through one of `sampler_modules`."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
+    if hasattr(model, "trainable_filter"):
+        return model.trainable_filter(stage)
+    in_sampler = nnx.Any(*(nnx.PathContains(m) for m in sampler_modules))
+    return nnx.All(nnx.Param, in_sampler if stage == "sampler" else nnx.Not(in_sampler))
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: updates applied so far
+    rng: jax.Array  # uint32[2] base key; each step folds its index in
+    params: nnx.State
+    frozen: nnx.State
+    rest: nnx.State
+    opt_state: Any
+    ema: Any  # EMA of `params` (an nnx.State) or None
+
+
+def split_model(model, stage: str, sampler_modules):
+    graphdef, params, frozen, rest = nnx.split(
+        model, trainable_filter(model, stage, sampler_modules), nnx.Param, ...)
+    return graphdef, params, frozen, rest
+
+
+def inference_params(state: TrainState, graphdef) -> nnx.State:
+    """All model variables for inference, trained parameters replaced by their EMA."""
+    params = state.ema if state.ema is not None else state.params
+    return nnx.state(nnx.merge(graphdef, params, state.frozen, state.rest))
+
+
+def state_shardings(abstract: TrainState, tx, mesh: Mesh) -> TrainState:
+    replicated = mesh_lib.replicated(mesh)
+    params = mesh_lib.state_shardings(abstract.params, mesh)
+    opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params,
+                                transform_non_params=lambda _: replicated)
+    return TrainState(
+        step=replicated, rng=replicated, params=params,
+        frozen=mesh_lib.state_shardings(abstract.frozen, mesh),
+        rest=mesh_lib.state_shardings(abstract.rest, mesh), opt_state=opt,
+        ema=params if abstract.ema is not None else None)
+
+
+def with_shardings(abstract, shardings):
+    """ShapeDtypeStructs carrying the shardings: the restore target for orbax."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
+                       init_params: nnx.State | None = None):
+    """(graphdef, sharded TrainState, its shardings). Created inside jit with output
+    shardings, so large parameters are born sharded and never gathered on one device.
+    `init_params` (a full model state, e.g. the skill stage's result) overrides the
+    fresh initialisation."""
+    seed = int(config.seed)
+    sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
+
+    def init(loaded):
+        model = build_model(config, seed)
+        if loaded is not None:
+            nnx.update(model, loaded)
+        _, params, frozen, rest = split_model(model, stage, sampler_modules)
+        return TrainState(step=jnp.zeros((), jnp.int32),
+                          rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                          params=params, frozen=frozen, rest=rest, opt_state=tx.init(params),
+                          ema=params if use_ema else None)
+
+    abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
+    graphdef = split_model(abstract_model, stage, sampler_modules)[0]
+    abstract = jax.eval_shape(init, init_params)
+    shardings = state_shardings(abstract, tx, mesh)
+    state = jax.jit(init, out_shardings=shardings)(init_params)
+    return graphdef, state, shardings
+
+
+def make_train_step(graphdef, tx, stage: str, *, schedule: Callable, ema_decay: float,
+                    sampler_modules=("sampler", "label_head")):
+    """The pure step; jit it with `jit_train_step`."""
+
+    def train_step(rng, state: TrainState, batch):
+        rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.frozen, state.rest, copy=True)
+            loss, metrics = model.compute_loss(rng, batch, train=True, stage=stage)
+            rest = split_model(model, stage, sampler_modules)[3]
+            return loss, (metrics, rest)
+
+        (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            # Warm-up of the decay so early EMA values are not dominated by the init.
+            step = state.step.astype(jnp.float32)
+            decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                       param_norm=optax.global_norm(params),
+                       lr=jnp.asarray(schedule(state.step), jnp.float32))
+        new_state = state.replace(step=state.step + 1, params=params, rest=rest,
+                                  opt_state=opt_state, ema=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
+    """jit with the state's shardings in and out, the batch split over the mesh, and
+    the incoming state's buffers donated (the step overwrites them in place)."""
+    from atomskill_jax.data import mesh_batches
+
+    replicated = mesh_lib.replicated(mesh)
+    batch = mesh_batches.batch_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(replicated, shardings, batch),
+                   out_shardings=(shardings, replicated), donate_argnums=(1,))
+
+
+def host_batch(batch: dict) -> dict:
+    """Make a pipeline batch JAX-ready on the host: the 64-bit segment uid hashed to
+    31 bits (only equality matters), other 64-bit values narrowed to 32."""
+    import numpy as np
+
+    def fix(path, x):
+        x = np.asarray(x)
+        name = jax.tree_util.keystr(path)
+        if "uid" in name and x.dtype == np.int64:
+            return ((x ^ (x >> 31)) & 0x7FFFFFFF).astype(np.int32)
+        if x.dtype == np.int64:
+            return x.astype(np.int32)
+        if x.dtype == np.float64:
+            return x.astype(np.float32)
+        return x
+
+    return jax.tree_util.tree_map_with_path(fix, batch)

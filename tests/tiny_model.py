@@ -1,0 +1,117 @@
+"""A tiny stand-in with the AtomSkill model contract, for fast trainer tests.
+
+Same interface as `atomskill_jax.models.atomskill.AtomSkill`: built from a config and
+`nnx.Rngs`, `compute_loss(rng, batch, *, train, stage) -> (loss, metrics)`, a large
+kernel annotated for the 'fsdp' axis, VQ usage counts as a non-Param variable, and
+parts named like the real model so the stage filters freeze the same things. The
+numbers mean nothing; the trainer only needs the shapes of the contract.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+
+class CodeUsage(nnx.Variable):
+    """Exponential moving count of code use: state the step changes but never optimises."""
+
+
+def tiny_model_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.action_dim = 4
+    c.proprio_dim = 4
+    c.state_dim = 8
+    c.use_state = True
+    c.horizon = 4
+    c.skill_length = 5
+    c.num_tokens = 2
+    c.codebook_size = 8
+    c.width = 16
+    c.dtype = "float32"
+    return c
+
+
+def _dense(din, dout, rngs, shard=False):
+    init = nnx.initializers.lecun_normal()
+    if shard:  # the large kernels of the real model carry this annotation
+        init = nnx.with_partitioning(init, (None, "fsdp"))
+    return nnx.Linear(din, dout, kernel_init=init, rngs=rngs)
+
+
+class TinyModel(nnx.Module):
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        self.config = c = config
+        n, d = c.num_tokens, c.width
+        obs_dim = c.proprio_dim + (c.state_dim if c.use_state else 0)
+        self.skill_encoder = _dense(c.skill_length * c.action_dim, n * d, rngs, shard=True)
+        self.codebook = nnx.Param(jax.random.normal(rngs.params(), (c.codebook_size, d)))
+        self.usage = CodeUsage(jnp.zeros((c.codebook_size,)))
+        self.obs_encoder = _dense(obs_dim, d, rngs)
+        self.action_decoder = _dense(d + n * d, (c.horizon + 1) * c.action_dim, rngs, shard=True)
+        self.sampler = _dense(d, n * d, rngs, shard=True)
+
+    def _obs(self, batch):
+        parts = [batch["observation"]["proprio"]]
+        if self.config.use_state:
+            parts.append(batch["observation"]["state"])
+        return jnp.tanh(self.obs_encoder(jnp.concatenate(parts, -1)))
+
+    def _quantize(self, z):  # z [B, n, d]
+        dist = jnp.sum((z[..., None, :] - self.codebook[...]) ** 2, -1)
+        idx = jnp.argmin(dist, -1)
+        zq = self.codebook[...][idx]
+        return z + jax.lax.stop_gradient(zq - z), zq, idx
+
+    def compute_loss(self, rng, batch, *, train: bool, stage: str):
+        c = self.config
+        b = batch["action_chunk"].shape[0]
+        obs = self._obs(batch)
+        z = self.skill_encoder(batch["skill"]["actions"].reshape(b, -1))
+        z = z.reshape(b, c.num_tokens, c.width)
+        zst, zq, idx = self._quantize(z)
+        counts = jax.nn.one_hot(idx, c.codebook_size).sum((0, 1))
+        if train:
+            self.usage[...] = 0.9 * self.usage[...] + 0.1 * counts
+        probs = counts / counts.sum()
+        perplexity = jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
+        metrics = {"perplexity": perplexity,
+                   "dead_codes": jnp.sum(self.usage[...] < 1e-3).astype(jnp.float32)}
+        if stage == "skill":
+            vq = jnp.mean((jax.lax.stop_gradient(z) - zq) ** 2) + 0.25 * jnp.mean(
+                (z - jax.lax.stop_gradient(zq)) ** 2)
+            out = self.action_decoder(jnp.concatenate([obs, zst.reshape(b, -1)], -1))
+            out = out.reshape(b, c.horizon + 1, c.action_dim)
+            mask = batch["action_chunk_mask"][..., None].astype(jnp.float32)
+            l1 = jnp.sum(jnp.abs(out[:, :-1] - batch["action_chunk"]) * mask) / (
+                jnp.sum(mask) * c.action_dim + 1e-6)
+            keypose = jnp.mean(jnp.abs(out[:, -1] - batch["keypose"]))
+            loss = vq + l1 + keypose
+            metrics.update(loss_vq=vq, loss_action_l1=l1, loss_keypose=keypose)
+        else:
+            target = jax.lax.stop_gradient(zq.reshape(b, -1))
+            noise = jax.random.normal(rng, target.shape) * 0.1
+            loss = jnp.mean((self.sampler(obs) + noise - target) ** 2)
+            metrics.update(loss_diffusion=loss)
+        return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def fake_batch(config, batch_size: int, seed: int = 0) -> dict:
+    c = config
+    r = np.random.default_rng(seed)
+    f = lambda *s: r.normal(size=s).astype(np.float32)  # noqa: E731
+    obs = {"proprio": f(batch_size, c.proprio_dim)}
+    if c.use_state:
+        obs["state"] = f(batch_size, c.state_dim)
+    return {
+        "observation": obs,
+        "action_chunk": f(batch_size, c.horizon, c.action_dim),
+        "action_chunk_mask": np.ones((batch_size, c.horizon), bool),
+        "skill": {"actions": f(batch_size, c.skill_length, c.action_dim),
+                  "label_id": r.integers(0, 3, batch_size).astype(np.int32),
+                  "uid": r.integers(0, 10, batch_size).astype(np.int32)},
+        "keypose": f(batch_size, c.action_dim),
+    }
