@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from fake_vlm_server import FakeVLMServer, Reply, ok, slow, status, text
+from tests.fake_vlm_server import FakeVLMServer, Reply, ok, slow, status, text
 from atomskill_jax.skills.annotate import make_annotator, segment_infos
 from atomskill_jax.skills.keyframes import segment_episode
 from atomskill_jax.skills.png import encode_png
