@@ -3,6 +3,9 @@
     atomskill build-data metaworld --suite=rlbench6 --episodes-per-task=5 --out=DIR
     atomskill annotate --data=DIR --annotator=vlm --out=DIR2
     atomskill stats --data=DIR
+    atomskill train --config=configs/atomskill.py:cpu --workdir=W [--config.a.b=v ...]
+    atomskill sweep --config=configs/atomskill.py:cpu --sweep=configs/sweeps/ablations.py \
+        --workdir=W [--print-commands]
     atomskill demo
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
@@ -17,8 +20,6 @@ import os
 import sys
 
 NOT_YET = {
-    "train": "issue 3 (AtomSkill model and trainer)",
-    "sweep": "issue 3 (AtomSkill model and trainer)",
     "eval": "issue 4 (skill chaining and closed-loop evaluation)",
     "export": "a later issue (inference export)",
     "serve": "a later issue (websocket policy server)",
@@ -29,6 +30,12 @@ BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench
 def _quiet_tensorflow() -> None:
     # Data work only: keep TensorFlow off accelerators and quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's "custom data configuration"
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # deprecation notices
 
 
 def _positive_int(text: str) -> int:
@@ -140,6 +147,73 @@ def _cmd_annotate(args) -> int:
     return 0
 
 
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="compute (once) and print a dataset's normalisation "
+                                     "statistics")
+    p.add_argument("--data", required=True, help="dataset version directory or name")
+    p.add_argument("--data-dir", default=None, help="root that dataset names resolve under")
+    p.add_argument("--split", default="train")
+
+
+def _cmd_stats(args) -> int:
+    _quiet_tensorflow()
+    import numpy as np
+
+    from atomskill_jax.data import sources, statistics_compute
+
+    source = sources.open_source(args.data, args.data_dir)
+    stats = statistics_compute.load_or_compute_statistics(source, args.split)
+    print(f"{statistics_compute.statistics_path(source, args.split)}")
+    print(f"{stats.num_episodes} episodes, {stats.num_steps} steps")
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    for field, fs in stats.fields.items():
+        print(f"{field}:")
+        for name in ("mean", "std", "min", "max", "p01", "p99"):
+            if hasattr(fs, name):
+                print(f"  {name:5s} {np.asarray(getattr(fs, name))}")
+    return 0
+
+
+def _add_train_and_sweep(sub) -> None:
+    # --config.a.b=value overrides are taken out of argv before argparse (see main).
+    p = sub.add_parser("train", help="train a model from a config (resumes from the workdir)")
+    p.add_argument("--config", required=True, help="configs/FILE.py:VARIANT")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the workdir's checkpoints and start afresh")
+    p = sub.add_parser("sweep", help="run a config sweep locally, or print its commands")
+    p.add_argument("--config", required=True, help="configs/FILE.py:VARIANT")
+    p.add_argument("--sweep", required=True, help="configs/sweeps/FILE.py[:ARG]")
+    p.add_argument("--workdir", required=True, help="parent directory of the runs' workdirs")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one `atomskill train` command per run instead of running")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _cmd_train(args) -> int:
+    _quiet_tensorflow()
+    import logging
+
+    from atomskill_jax.training import config_flags, trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = config_flags.apply_overrides(config_flags.load_config(args.config),
+                                          args.config_overrides)
+    results = trainer.train(config, args.workdir, overwrite=args.overwrite)
+    for stage, result in results.items():
+        shown = {k: round(v, 5) for k, v in result["metrics"].items()}
+        print(f"{stage}: step {result['step']} {json.dumps(shown)}")
+    print(f"workdir: {args.workdir}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from atomskill_jax.training import sweep
+
+    return sweep.run_sweep(args.config, args.sweep, args.workdir, args.config_overrides,
+                           print_commands=args.print_commands, overwrite=args.overwrite)
+
+
 def _cmd_demo(args) -> int:
     from atomskill_jax import demo
 
@@ -151,21 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build_data(sub)
     _add_annotate(sub)
+    _add_stats(sub)
+    _add_train_and_sweep(sub)
     demo = sub.add_parser("demo", help="the embedded default, end to end")
     demo.add_argument("--out", default="demo_out")
     for name, where in NOT_YET.items():
         p = sub.add_parser(name, help=f"not yet available: {where}")
         p.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args.config_overrides = overrides
     if args.command in NOT_YET:
         print(f"atomskill {args.command}: not yet available; arrives with "
               f"{NOT_YET[args.command]}", file=sys.stderr)
         return 2
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
-               "demo": _cmd_demo}[args.command]
+               "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
+               "sweep": _cmd_sweep}[args.command]
     try:
         return handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError,
+            RuntimeError) as err:
         print(f"atomskill {args.command}: {err}", file=sys.stderr)
         return 2
 

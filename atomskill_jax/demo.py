@@ -12,11 +12,16 @@ import collections
 import os
 import time
 
+import jax
+import numpy as np
+
 EPISODES_PER_TASK = 3
 
 
 def main(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from atomskill_jax import cli
+
+    cli._quiet_tensorflow()
     import tensorflow_datasets as tfds
 
     from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
@@ -52,11 +57,26 @@ def main(args) -> int:
 
 
 def _stats_and_batch(dataset_dir: str) -> None:
-    try:
-        from atomskill_jax.data import pipeline, statistics
-    except ImportError as err:  # the input pipeline lands with this issue
-        print(f"      input pipeline not available: {err}")
-        return
-    stats = statistics.get_or_compute_statistics(dataset_dir)
-    print(f"      action mean {stats['action']['mean'].round(3).tolist()}")
-    del pipeline
+    from atomskill_jax.data import config as data_config
+    from atomskill_jax.data import pipeline
+    from atomskill_jax.training import mesh as mesh_lib
+
+    config = data_config.default_data_config()
+    config.datasets = ({"name": dataset_dir, "weight": 1.0},)
+    config.batch_size = 64
+    pipe = pipeline.make_pipeline(config)
+    stats = pipe.statistics[0]
+    print(f"      {stats.num_episodes} episodes, {stats.num_steps} steps; statistics saved "
+          "beside the dataset")
+    for field in ("action", "action_abs", "observation/proprio"):
+        fs = stats[field]
+        print(f"      {field:20s} mean {np.round(fs.mean, 3).tolist()}  "
+              f"std {np.round(fs.std, 3).tolist()}")
+    mesh = mesh_lib.make_mesh()
+    batch = next(pipe.iterator(mesh=mesh))
+    shapes = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]}
+    print(f"      one batch on a {dict(mesh.shape)} mesh:")
+    for name in ("action_chunk", "action_chunk_mask", "skill/actions", "skill/label_id",
+                 "keypose", "observation/state", "language_embedding"):
+        print(f"        {name:22s} {shapes[name]}")

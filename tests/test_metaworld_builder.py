@@ -138,3 +138,16 @@ def test_images_rendered_in_worker_process(tmp_path):
     assert not np.array_equal(steps["observation"]["image_corner"],
                               steps["observation"]["image_gripperPOV"])
     assert "mujoco" not in sys.modules or os.environ.get("MUJOCO_GL") in (None, "")
+
+
+def test_cli_stats_and_annotate(metaworld_rlds_dir, tmp_path):
+    stats = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "stats",
+                            f"--data={metaworld_rlds_dir}"], capture_output=True, text=True,
+                           timeout=300)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    assert "4 episodes" in stats.stdout and "action_abs:" in stats.stdout
+    ann = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "annotate",
+                          f"--data={metaworld_rlds_dir}", f"--out={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert ann.returncode == 0, ann.stderr[-2000:]
+    assert "wrote 4 episodes, skipped 0" in ann.stdout
