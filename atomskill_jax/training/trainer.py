@@ -1,0 +1,193 @@
+"""The train loop: `train(config, workdir)` runs config.stage ('skill', 'sampler' or
+'both': skill, then sampler on the frozen skill space).
+
+Layout of a workdir:
+  W/config.json                     the resolved config (dimensions filled from data)
+  W/<stage>/checkpoints/<step>/     orbax items params, train_state, data, assets
+  W/<stage>/metrics.jsonl           one JSON line per log step
+  W/<stage>/tensorboard/            TensorBoard event files
+A workdir holding checkpoints is resumed; one it cannot read stops the run with the
+reason (never a silent restart); `overwrite=True` deletes them first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from atomskill_jax.data import mesh_batches
+from atomskill_jax.training import checkpoints, mesh as mesh_lib, optimizer, preflight
+from atomskill_jax.training import train_state as ts
+from atomskill_jax.training.metric_writers import MetricWriter
+
+log = logging.getLogger(__name__)
+HANG_ENV = "ATOMSKILL_TEST_HANG_AFTER_STEP"  # tests: stall after a step, to be SIGKILLed
+
+
+def resolve_stages(stage: str) -> list[str]:
+    if stage == "both":
+        return ["skill", "sampler"]
+    if stage not in ts.STAGES:
+        raise ValueError(f"config.stage={stage!r}: expected 'skill', 'sampler' or 'both'")
+    return [stage]
+
+
+def fill_model_dims(config, pipeline) -> None:
+    """Dimensions the model reads from the data (only keys its config declares)."""
+    source = pipeline.sources[0]
+    data = config.data
+    values = {"action_dim": source.action_dim, "proprio_dim": source.proprio_dim,
+              "state_dim": source.state_dim if data.use_state else 0,
+              "use_state": bool(data.use_state), "language_dim": source.language_dim,
+              "cameras": tuple(data.cameras), "image_size": tuple(data.image_size),
+              "action_space": data.action_space}
+    with config.unlocked():
+        for key, value in values.items():
+            if key in config.model:
+                config.model[key] = value
+
+
+def stage_steps(config, stage: str, pipeline) -> int:
+    """config.train.<stage>_steps, or <stage>_epochs over the dataset's time steps."""
+    steps = int(config.train.get(f"{stage}_steps", -1))
+    if steps > 0:
+        return steps
+    epochs = float(config.train.get(f"{stage}_epochs", 0))
+    examples = sum(s.num_steps for s in pipeline.statistics)
+    if epochs <= 0:
+        raise ValueError(f"config.train.{stage}_steps or {stage}_epochs must be positive")
+    return max(1, math.ceil(epochs * examples / int(config.data.batch_size)))
+
+
+def config_json(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def _prepare_workdir(workdir: str, overwrite: bool) -> None:
+    if overwrite and jax.process_index() == 0:
+        for name in ("skill", "sampler", "config.json"):
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
+    """Train; returns {stage: {'step': final step, 'metrics': last logged metrics}}."""
+    mesh_lib.maybe_initialize_distributed(config.get("distributed", {}).get("initialize"))
+    from atomskill_jax.data import pipeline as pipeline_lib  # TensorFlow: only when training
+
+    config = ml_collections.ConfigDict(config_json(config))  # resolved; callers keep theirs
+    stages = resolve_stages(config.stage)
+    _prepare_workdir(workdir, overwrite)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+    pipeline = pipeline_lib.make_pipeline(config.data)
+    preflight.check_statistics(pipeline, config.data,
+                               num_batches=int(config.train.get("check_statistics_batches", 2)))
+    fill_model_dims(config, pipeline)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_json(config), f, indent=1)
+    results = {}
+    for stage in stages:
+        results[stage] = run_stage(config, stage, workdir, pipeline, mesh)
+    return results
+
+
+def _assets(config, pipeline, stage: str, mesh) -> dict:
+    return {"config": config_json(config), "stage": stage,
+            "mesh": {k: int(v) for k, v in mesh.shape.items()},
+            "datasets": [s.directory for s in pipeline.sources],
+            "statistics": [s.to_json() for s in pipeline.statistics]}
+
+
+def _skill_params(config, workdir: str, mesh):
+    """The skill stage's final model variables, the starting point of the sampler."""
+    source = config.train.get("init_from") or os.path.join(workdir, "skill", "checkpoints")
+    abstract = ts.nnx.state(ts.nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))))
+    target = ts.with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
+    params, step = checkpoints.restore_params(source, target)
+    log.info("sampler stage starts from the skill model of %s step %d", source, step)
+    return params
+
+
+def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
+    stage_dir = os.path.join(workdir, stage)
+    total = stage_steps(config, stage, pipeline)
+    tc = config.train
+    tx, schedule = optimizer.make_optimizer(config.optim, total)
+    use_ema = stage in tuple(tc.get("ema_stages", ("sampler",)))
+    manager = checkpoints.make_manager(os.path.join(stage_dir, "checkpoints"),
+                                       keep=int(tc.keep_checkpoints),
+                                       async_save=bool(tc.get("async_checkpoints", True)))
+    latest = manager.latest_step()
+    ckpt_dir = os.fspath(manager.directory)
+    if latest is None and checkpoints.unrecognised_entries(ckpt_dir):
+        raise checkpoints.CheckpointError(
+            f"{ckpt_dir} holds step directories {checkpoints.unrecognised_entries(ckpt_dir)} "
+            f"that orbax cannot read as checkpoints; fix or remove them, or pass --overwrite")
+    for partial in checkpoints.incomplete_saves(ckpt_dir):
+        log.warning("ignoring %s/%s: a save that never finished (killed run)", ckpt_dir, partial)
+    init_params = None
+    if stage == "sampler" and latest is None:
+        init_params = _skill_params(config, workdir, mesh)
+    graphdef, state, shardings = ts.create_train_state(config, stage, tx, mesh, use_ema=use_ema,
+                                                       init_params=init_params)
+    iterator = pipeline.iterator()
+    if latest is not None:
+        abstract = ts.with_shardings(jax.eval_shape(lambda s: s, state), shardings)
+        del state  # free the fresh initialisation before restoring over it
+        state = checkpoints.restore_train_state(manager, latest, abstract, iterator)
+        log.info("resumed %s from %s/%d", stage, ckpt_dir, latest)
+    step = int(jax.device_get(state.step))
+    sampler_modules = tuple(tc.get("sampler_modules", ("sampler", "label_head")))
+    step_fn = ts.jit_train_step(
+        ts.make_train_step(graphdef, tx, stage, schedule=schedule,
+                           ema_decay=float(tc.get("ema_decay", 0.999)),
+                           sampler_modules=sampler_modules), shardings, mesh)
+    rng = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
+    assets = _assets(config, pipeline, stage, mesh)
+    writer = MetricWriter(stage_dir, total_steps=total, initial_step=step,
+                          wandb_config=config.get("wandb"), run_config=config_json(config),
+                          progress=bool(tc.get("progress", True)), desc=stage)
+    hang_at = int(os.environ.get(HANG_ENV, "-1"))
+    log_every, ckpt_every = int(tc.log_every), int(tc.checkpoint_every)
+    pending, last = [], {}
+    t0, t0_step = time.perf_counter(), step
+    try:
+        while step < total:
+            batch = mesh_batches.put_on_mesh(ts.host_batch(iterator.next_local()), mesh)
+            state, metrics = step_fn(rng, state, batch)
+            step += 1
+            pending.append(metrics)
+            writer.advance()
+            if step % log_every == 0 or step == total or step == t0_step + 1:
+                values = jax.device_get(pending)
+                last = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+                elapsed = time.perf_counter() - t0
+                last["steps_per_sec"] = (step - t0_step) / max(elapsed, 1e-9)
+                last["examples_per_sec"] = last["steps_per_sec"] * pipeline.global_batch_size
+                writer.write(step, last)
+                pending, t0, t0_step = [], time.perf_counter(), step
+            if step % ckpt_every == 0 or step == total:
+                checkpoints.save(manager, step, params=ts.inference_params(state, graphdef),
+                                 train_state=state, iterator=iterator, assets=assets)
+            if step == hang_at:
+                manager.wait_until_finished()
+                print(f"HANGING after step {step}", flush=True)
+                time.sleep(3600)
+        manager.wait_until_finished()
+    finally:
+        writer.close()
+        manager.close()
+    return {"step": step, "metrics": last}

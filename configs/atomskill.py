@@ -1,0 +1,125 @@
+"""AtomSkill configs: `get_config(variant)` with variant paper | cpu | tiny.
+
+  atomskill train --config=configs/atomskill.py:cpu --workdir=/tmp/w \
+      --config.data.data_dir=/tmp/rlb6          # rlbench6 built by `atomskill build-data`
+  atomskill train --config=configs/atomskill.py:paper --workdir=gs://... \
+      --config.data.datasets='("my_robot_data",)' --config.mesh.fsdp=8
+
+paper: Table 9 of the AtomSkill paper (batch 256, H=32, K=32, n=8, 8 heads, φ 6 layers,
+       ψ 7+7, AdamW lr 1e-4 wd 1e-5, λ 0.25, T 0.1, β1 1, β2 1e-2; 200 epochs for φ/ψ and
+       1000 for ρ, turned into steps from the dataset's size); front + wrist RGB 224px.
+cpu:   state observations of MetaWorld rlbench6, a small model; minutes on 2 cores.
+tiny:  a few steps on the test fixture (tests/).
+Ablations (paper Tables 4, 5, ACT-like baseline) are the model switches
+model.contrastive.temporal / .semantic, model.decoder.predict_keypose and
+model.decoder.skill_conditioning; configs/sweeps/ablations.py sweeps them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from atomskill_jax.data.config import default_data_config
+from atomskill_jax.models.atomskill_config import default_model_config
+
+VARIANTS = ("paper", "cpu", "tiny")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stage = "both"  # "skill" (φ, VQ, ψ) | "sampler" (ρ on the frozen skill space) | "both"
+    c.model_factory = "atomskill_jax.models.atomskill:AtomSkill"
+    c.data = default_data_config()
+    c.model = default_model_config()
+    # One value, every use: the model's chunk and skill lengths are the data's.
+    c.model.horizon = c.data.get_ref("horizon")
+    c.model.skill_length = c.data.get_ref("skill_resample_length")
+    c.data.datasets = ({"name": "metaworld_scripted/rlbench6", "weight": 1.0},)
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
+    c.distributed = ml_collections.ConfigDict({"initialize": False})  # or ATOMSKILL_DISTRIBUTED=1
+
+    c.optim = ml_collections.ConfigDict({
+        "lr": 1e-4, "weight_decay": 1e-5, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        "schedule": "cosine",  # "cosine" | "constant"
+        "warmup_steps": 500, "min_lr_ratio": 0.1, "clip_norm": 1.0,  # clip_norm <= 0: off
+    })
+    c.train = ml_collections.ConfigDict({
+        # Steps per stage; <= 0 -> from epochs over the dataset's time steps.
+        "skill_steps": -1, "skill_epochs": 200.0,
+        "sampler_steps": -1, "sampler_epochs": 1000.0,
+        "ema_decay": 0.999, "ema_stages": ("sampler",),  # EMA params saved for these stages
+        "sampler_modules": ("sampler", "label_head"),  # trained in stage sampler only
+        "init_from": "",  # sampler stage: skill checkpoints dir ("" -> W/skill/checkpoints)
+        "log_every": 100, "checkpoint_every": 2000, "keep_checkpoints": 3,
+        "async_checkpoints": True,
+        "check_statistics_batches": 2,  # raw batches checked against the saved statistics
+        "progress": True,
+    })
+    c.wandb = ml_collections.ConfigDict({"enabled": False, "project": "atomskill", "name": ""})
+    return c
+
+
+def _paper(c):
+    c.data.batch_size = 256
+    c.data.horizon = 32
+    c.data.skill_resample_length = 64
+    c.data.cameras = ("front", "wrist")
+    c.data.image_size = (224, 224)
+    c.data.use_state = False
+    return c  # model defaults are already the paper's (models/atomskill_config.py)
+
+
+def _small_model(m, *, d_model, heads, mlp, enc_layers, dec_layers, tokens, codes):
+    m.d_model, m.num_heads, m.mlp_dim = d_model, heads, mlp
+    m.observation.low_dim_hidden = d_model
+    m.skill_encoder.num_tokens = tokens
+    m.skill_encoder.num_layers = enc_layers
+    m.decoder.fusion_layers = m.decoder.action_layers = dec_layers
+    m.vq.codebook_size = codes
+    m.sampler.cond_dim = m.sampler.label_head_hidden = d_model
+
+
+def _cpu(c):
+    d = c.data
+    d.use_state, d.cameras = True, ()
+    d.batch_size, d.horizon, d.skill_resample_length = 64, 16, 32
+    d.example_shuffle_buffer = 2000
+    _small_model(c.model, d_model=64, heads=4, mlp=128, enc_layers=2, dec_layers=2,
+                 tokens=8, codes=32)
+    c.model.dropout = 0.0
+    c.optim.lr, c.optim.warmup_steps = 1e-3, 100
+    c.train.update(skill_steps=1500, sampler_steps=500, log_every=50, checkpoint_every=500)
+    return c
+
+
+def _tiny(c):
+    d = c.data
+    d.use_state, d.cameras = True, ()
+    d.batch_size, d.horizon, d.skill_resample_length = 8, 4, 8
+    d.episode_shuffle_buffer, d.example_shuffle_buffer = 4, 64
+    d.num_parallel_calls, d.prefetch = 1, 1
+    _small_model(c.model, d_model=16, heads=2, mlp=32, enc_layers=1, dec_layers=1,
+                 tokens=2, codes=8)
+    c.model.dropout = 0.0
+    c.model.observation.resnet_width = 8
+    c.model.sampler.num_train_timesteps = 10
+    c.model.sampler.ddim_steps = 2
+    c.model.sampler.unet_channel_mults = (1,)
+    c.model.vq.recent_buffer_size = 16
+    c.optim.warmup_steps = 1
+    c.train.update(skill_steps=4, sampler_steps=2, log_every=1, checkpoint_every=2,
+                   keep_checkpoints=2, check_statistics_batches=1, progress=False)
+    return c
+
+
+def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
+    variant = (variant or "cpu").strip()
+    builders = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
+    if variant not in builders:
+        raise ValueError(f"configs/atomskill.py: unknown variant {variant!r}; "
+                         f"expected one of {', '.join(VARIANTS)}")
+    config = builders[variant](base_config())
+    config.variant = variant
+    return config
