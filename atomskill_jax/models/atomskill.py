@@ -1,0 +1,198 @@
+"""The assembled AtomSkill model (Learning Semantic Atomic Skills for Multi-Task Robotic
+Manipulation, sec. 3.2-3.3) and its training contract.
+
+Stages (`compute_loss(..., stage=)`):
+- 'skill'  : φ (skill encoder) + VQ + ψ (action decoder) + contrastive alignment:
+             L = w_vq L_VQ + β1 L_a + β2 (L_temp + L_skill) + w_kp L_keypose.
+- 'sampler': ρ (diffusion sampler) + label head on the frozen skill space; φ, VQ and the
+             observation encoder run under stop_gradient. Train only the `sampler`
+             sub-module in this stage (`trainable_filter('sampler')`).
+
+State: Params, plus `CodebookState` variables (VQ usage EMA and recent encodings) that
+`compute_loss(train=True, stage='skill')` updates in place; carry all of `nnx.state`
+through the train step, optimise `trainable_filter(stage)` only. Modules keep no RNG
+state: all randomness comes from the `rng` argument.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from atomskill_jax.models.action_decoder import ActionDecoder, action_l1, keypose_l1
+from atomskill_jax.models.contrastive import contrastive_loss
+from atomskill_jax.models.diffusion import SkillSampler, codebook_standardisation
+from atomskill_jax.models.obs_encoders import ObservationEncoder
+from atomskill_jax.models.skill_encoder import SkillEncoder
+from atomskill_jax.models.vector_quantizer import CodebookState, VectorQuantizer
+
+STAGES = ("skill", "sampler")
+
+
+def trainable_filter(stage: str):
+    """The nnx filter of parameters trained in `stage` (the rest stay frozen)."""
+    if stage == "skill":
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("sampler")))
+    if stage == "sampler":
+        return nnx.All(nnx.Param, nnx.PathContains("sampler"))
+    raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+class AtomSkill(nnx.Module):
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        self.obs_encoder = ObservationEncoder(config, rngs=rngs)
+        self.skill_conditioning = bool(config.decoder.skill_conditioning)
+        if self.skill_conditioning:
+            self.skill_encoder = SkillEncoder(config, rngs=rngs)
+            self.vq = VectorQuantizer(config, rngs=rngs)
+            self.sampler = SkillSampler(config, rngs=rngs)
+        else:  # ACT-like baseline: no skill space, nothing to sample
+            self.skill_encoder = self.vq = self.sampler = None
+        self.decoder = ActionDecoder(config, rngs=rngs)
+        self.predict_keypose = bool(config.decoder.predict_keypose)
+        w = config.loss_weights
+        self.weights = {k: float(w[k]) for k in w}  # plain floats: static, hashable graph data
+        c = config.contrastive
+        self.contrastive = (bool(c.temporal), bool(c.semantic), float(c.temperature))
+        self.num_tokens = int(config.skill_encoder.num_tokens)
+        self.d_model = int(config.d_model)
+
+    # -- losses -------------------------------------------------------------------
+    def compute_loss(self, rng, batch, *, train: bool, stage: str = "skill"):
+        """(total loss, metrics dict of scalars) for one batch (see module docstring)."""
+        if stage == "skill":
+            return self._skill_loss(rng, batch, train=train)
+        if stage == "sampler":
+            return self._sampler_loss(rng, batch, train=train)
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+    def _skill_loss(self, rng, batch, *, train: bool):
+        rngs = nnx.Rngs(dropout=rng)
+        w = self.weights
+        obs = self.obs_encoder(batch["observation"], batch["language_embedding"], train=train,
+                               rngs=rngs)
+        total, metrics, skill_tokens = jnp.zeros((), jnp.float32), {}, None
+        if self.skill_conditioning:
+            z_e = self.skill_encoder(batch["skill"]["actions"], train=train, rngs=rngs)
+            q = self.vq(z_e, update_state=train)
+            skill_tokens = q.straight_through
+            total += w["vq"] * q.loss
+            metrics.update(q.metrics, vq=q.loss)
+            temporal, semantic, temperature = self.contrastive
+            if temporal or semantic:
+                c_loss, c_metrics = contrastive_loss(
+                    z_e, q.indices, batch["skill"]["label_id"], temporal=temporal,
+                    semantic=semantic, temperature=temperature)
+                total += w["contrastive"] * c_loss
+                metrics.update(c_metrics)
+        chunk, keypose = self.decoder(obs, skill_tokens, train=train, rngs=rngs)
+        a_loss, a_metrics = action_l1(chunk, batch["action_chunk"], batch["action_chunk_mask"])
+        total += w["action"] * a_loss
+        metrics.update(a_metrics)
+        if self.predict_keypose:
+            k_loss, k_metrics = keypose_l1(keypose, batch["keypose"])
+            total += w["keypose"] * k_loss
+            metrics.update(k_metrics)
+        metrics["loss"] = total
+        return total, metrics
+
+    def _sampler_loss(self, rng, batch, *, train: bool):
+        self._require_skills("the sampler stage")
+        sg = jax.lax.stop_gradient
+        obs = sg(self.obs_encoder(batch["observation"], batch["language_embedding"]))
+        z_e = sg(self.skill_encoder(batch["skill"]["actions"]))
+        codes, indices = self.vq.quantize(z_e)
+        mean, scale = codebook_standardisation(self.vq.codebook[...])
+        x0 = (sg(codes) - mean) / scale
+        diffusion, ce, metrics = self.sampler.loss(rng, obs, x0, batch["skill"]["label_id"],
+                                                   train=train)
+        total = self.weights["diffusion"] * diffusion + self.weights["label_head"] * ce
+        metrics["loss"] = total
+        return total, metrics
+
+    # -- inference ----------------------------------------------------------------
+    def encode_skill(self, batch, train: bool = False):
+        """Quantised skill tokens [B, n, d] and their code indices [B, n] of batch['skill']."""
+        self._require_skills("encode_skill")
+        codes, indices = self.vq.quantize(self.skill_encoder(batch["skill"]["actions"], train=train))
+        return codes, indices
+
+    def sample_skill(self, rng, observation, language_embedding, num_steps: int | None = None,
+                     guidance: float | None = None, *, label_id=None):
+        """Skill tokens [B, n, d] sampled by ρ (DDIM) and snapped onto the codebook."""
+        self._require_skills("sample_skill")
+        obs = self.obs_encoder(observation, language_embedding)
+        b = obs.shape[0]
+        x = self.sampler.sample(rng, obs, (b, self.num_tokens, self.d_model), num_steps=num_steps,
+                                guidance=guidance, label_id=label_id)
+        mean, scale = codebook_standardisation(self.vq.codebook[...])
+        codes, _ = self.vq.quantize(x * scale + mean)
+        return codes
+
+    def predict_actions(self, observation, language_embedding, skill_tokens=None):
+        """(action chunk [B, H, A], keypose [B, A] or None when keypose prediction is off)."""
+        obs = self.obs_encoder(observation, language_embedding)
+        return self.decoder(obs, skill_tokens if self.skill_conditioning else None)
+
+    def reinit_dead_codes(self, rng) -> dict:
+        """Replace dead codes by recent encoder outputs (call every N training steps)."""
+        self._require_skills("reinit_dead_codes")
+        return self.vq.reinit_dead_codes(rng)
+
+    def _require_skills(self, what: str):
+        if not self.skill_conditioning:
+            raise ValueError(f"{what} needs the skill space, but decoder.skill_conditioning is "
+                             f"False (the ACT-like baseline)")
+
+
+def fake_batch(config, batch_size: int, *, action_dim: int | None = None,
+               proprio_dim: int | None = None, state_dim: int | None = None, cameras=None,
+               image_size=None, seed: int = 0) -> dict:
+    """A numpy batch with the input pipeline's structure (dims default to `config`'s).
+
+    Pairs of examples share a skill segment (same uid, label and resampled actions),
+    and the last quarter of the batch has chunks running past the episode end.
+    """
+    action_dim = config.action_dim if action_dim is None else action_dim
+    proprio_dim = config.proprio_dim if proprio_dim is None else proprio_dim
+    state_dim = config.state_dim if state_dim is None else state_dim
+    cameras = tuple(config.cameras if cameras is None else cameras)
+    image_size = tuple(config.image_size if image_size is None else image_size)
+    horizon, length = int(config.horizon), int(config.skill_length)
+    rng = np.random.default_rng(seed)
+    b = batch_size
+    segment = np.arange(b) // 2
+    num_segments = int(segment.max()) + 1
+    observation = {"proprio": rng.normal(size=(b, proprio_dim)).astype(np.float32)}
+    if state_dim:
+        observation["state"] = rng.normal(size=(b, state_dim)).astype(np.float32)
+    for cam in cameras:
+        observation[f"image_{cam}"] = rng.integers(0, 256, (b, *image_size, 3), dtype=np.uint8)
+    valid_steps = np.where(np.arange(b) >= b - b // 4, horizon // 2, horizon)
+    mask = np.arange(horizon)[None, :] < valid_steps[:, None]
+    segment_actions = rng.normal(size=(num_segments, length, action_dim)).astype(np.float32)
+    starts = (segment * 10).astype(np.int32)
+    lengths = np.full(b, 10, np.int32)
+    return {
+        "observation": observation,
+        "language_embedding": rng.normal(size=(b, config.language_dim)).astype(np.float32),
+        "action_chunk": rng.normal(size=(b, horizon, action_dim)).astype(np.float32),
+        "action_chunk_mask": mask,
+        "skill": {
+            "actions": segment_actions[segment],
+            "length": lengths,
+            "start": starts,
+            "end": starts + lengths - 1,
+            "label_id": (segment % int(config.num_skill_labels)).astype(np.int32),
+            "uid": segment.astype(np.int64),
+        },
+        "keypose": rng.normal(size=(b, action_dim)).astype(np.float32),
+        "timestep": (starts + np.arange(b) % 2).astype(np.int32),
+        "episode_length": np.full(b, 10 * num_segments, np.int32),
+        "dataset_index": np.zeros(b, np.int32),
+    }
+
+
+__all__ = ["AtomSkill", "CodebookState", "STAGES", "fake_batch", "trainable_filter"]
