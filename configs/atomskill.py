@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
         "skill_steps": -1, "skill_epochs": 200.0,
         "sampler_steps": -1, "sampler_epochs": 1000.0,
         "ema_decay": 0.999, "ema_stages": ("sampler",),  # EMA params saved for these stages
+        "reinit_dead_codes_every": 0,  # skill stage: dead VQ codes re-initialised (0: off)
         "sampler_modules": ("sampler", "label_head"),  # trained in stage sampler only
         "init_from": "",  # sampler stage: skill checkpoints dir ("" -> W/skill/checkpoints)
         "log_every": 100, "checkpoint_every": 2000, "keep_checkpoints": 3,

@@ -9,11 +9,16 @@ numbers mean nothing; the trainer only needs the shapes of the contract.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class CodeUsage(nnx.Variable):
@@ -115,3 +120,65 @@ def fake_batch(config, batch_size: int, seed: int = 0) -> dict:
                   "uid": r.integers(0, 10, batch_size).astype(np.int32)},
         "keypose": f(batch_size, c.action_dim),
     }
+
+
+# -- helpers shared by the trainer tests (tests/test_train_*.py) ------------------------
+
+def tiny_train_config(dataset_dir: str, *, real_model: bool = True, **train_overrides):
+    """configs/atomskill.py:tiny on `dataset_dir`; with real_model=False the stand-in
+    above replaces the AtomSkill model (same contract, compiles in a second)."""
+    from atomskill_jax.training import config_flags
+
+    c = config_flags.load_config(os.path.join(REPO, "configs", "atomskill.py") + ":tiny")
+    c.data.datasets = ({"name": str(dataset_dir), "weight": 1.0},)
+    if not real_model:
+        with c.unlocked():
+            c.model_factory = "tests.tiny_model:TinyModel"
+            c.model = tiny_model_config()
+            c.model.horizon = c.data.get_ref("horizon")
+            c.model.skill_length = c.data.get_ref("skill_resample_length")
+            c.train.sampler_modules = ("sampler",)
+    c.train.update(train_overrides)
+    return c
+
+
+def child_env(cache_dir: str | None = None) -> dict:
+    """Environment of a child training process: CPU, quiet, a shared compilation cache
+    (the same step compiled in several children is compiled once) and cheaper XLA
+    optimisation (compile time dominates these tiny runs; numerics stay IEEE float32)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                        " --xla_llvm_disable_expensive_passes=true").strip()
+    if cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    return env
+
+
+CHILD_PRELUDE = """
+import sys, json, os
+import jax
+jax.config.update('jax_num_cpu_devices', int(sys.argv[1]))
+from tests.tiny_model import tiny_train_config
+"""
+
+
+def start_child(code: str, devices: int, *args, cache_dir=None, **popen):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", CHILD_PRELUDE + code, str(devices),
+                             *map(str, args)], cwd=REPO, env=child_env(cache_dir), **popen)
+
+
+def run_child(code: str, devices: int, *args, cache_dir=None, timeout: float = 300) -> str:
+    """Run `code` in a fresh Python with `devices` fake CPU devices; its stdout."""
+    import subprocess
+
+    proc = start_child(code, devices, *args, cache_dir=cache_dir, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{err[-4000:]}")
+    return out

@@ -42,12 +42,13 @@ def build_model(config, seed: int):
 
 
 def trainable_filter(model, stage: str, sampler_modules=("sampler", "label_head")):
-    """Which Params a stage trains: the model may say (`model.trainable_filter`), else
-    ρ is any path through one of `sampler_modules`."""
+    """Which Params a stage trains: the model's module may say (a `trainable_filter(stage)`
+    function beside the class), else ρ is any path through one of `sampler_modules`."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
-    if hasattr(model, "trainable_filter"):
-        return model.trainable_filter(stage)
+    own = getattr(importlib.import_module(type(model).__module__), "trainable_filter", None)
+    if callable(own):
+        return own(stage)
     in_sampler = nnx.Any(*(nnx.PathContains(m) for m in sampler_modules))
     return nnx.All(nnx.Param, in_sampler if stage == "sampler" else nnx.Not(in_sampler))
 
@@ -107,10 +108,13 @@ def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
         if loaded is not None:
             nnx.update(model, loaded)
         _, params, frozen, rest = split_model(model, stage, sampler_modules)
-        return TrainState(step=jnp.zeros((), jnp.int32),
-                          rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-                          params=params, frozen=frozen, rest=rest, opt_state=tx.init(params),
-                          ema=params if use_ema else None)
+        state = TrainState(step=jnp.zeros((), jnp.int32),
+                           rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                           params=params, frozen=frozen, rest=rest, opt_state=tx.init(params),
+                           ema=params if use_ema else None)
+        # Weak types (from Python-scalar initialisers) would differ from the step's
+        # output types and make the second step compile again.
+        return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
     abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
     graphdef = split_model(abstract_model, stage, sampler_modules)[0]
@@ -151,6 +155,23 @@ def make_train_step(graphdef, tx, stage: str, *, schedule: Callable, ema_decay: 
         return new_state, metrics
 
     return train_step
+
+
+def make_reinit_dead_codes(graphdef, stage: str, shardings: TrainState, mesh: Mesh,
+                           sampler_modules=("sampler", "label_head")):
+    """A jitted `(rng, state) -> (state, metrics)` calling the model's
+    `reinit_dead_codes` (dead VQ codes replaced by recent encoder outputs)."""
+
+    def reinit(rng, state: TrainState):
+        model = nnx.merge(graphdef, state.params, state.frozen, state.rest, copy=True)
+        metrics = model.reinit_dead_codes(jax.random.fold_in(
+            jax.random.fold_in(rng, state.step), 0x5EED))
+        _, params, frozen, rest = split_model(model, stage, sampler_modules)
+        return state.replace(params=params, frozen=frozen, rest=rest), metrics
+
+    replicated = mesh_lib.replicated(mesh)
+    return jax.jit(reinit, in_shardings=(replicated, shardings),
+                   out_shardings=(shardings, replicated), donate_argnums=(1,))
 
 
 def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):

@@ -22,6 +22,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from atomskill_jax.data import mesh_batches
 from atomskill_jax.training import checkpoints, mesh as mesh_lib, optimizer, preflight
@@ -32,9 +33,18 @@ log = logging.getLogger(__name__)
 HANG_ENV = "ATOMSKILL_TEST_HANG_AFTER_STEP"  # tests: stall after a step, to be SIGKILLed
 
 
-def resolve_stages(stage: str) -> list[str]:
+def resolve_stages(stage: str, model_config=None) -> list[str]:
+    skills = True
+    if model_config is not None and "decoder" in model_config:
+        skills = bool(model_config.decoder.get("skill_conditioning", True))
     if stage == "both":
+        if not skills:  # the ACT-like baseline has no skill space to sample
+            log.info("decoder.skill_conditioning=False: no sampler stage to train")
+            return ["skill"]
         return ["skill", "sampler"]
+    if stage == "sampler" and not skills:
+        raise ValueError("config.stage='sampler' but model.decoder.skill_conditioning=False: "
+                         "the ACT-like baseline has no skill space to sample")
     if stage not in ts.STAGES:
         raise ValueError(f"config.stage={stage!r}: expected 'skill', 'sampler' or 'both'")
     return [stage]
@@ -88,7 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
     from atomskill_jax.data import pipeline as pipeline_lib  # TensorFlow: only when training
 
     config = ml_collections.ConfigDict(config_json(config))  # resolved; callers keep theirs
-    stages = resolve_stages(config.stage)
+    stages = resolve_stages(config.stage, config.model)
     _prepare_workdir(workdir, overwrite)
     mesh = mesh_lib.mesh_from_config(config.mesh)
     pipeline = pipeline_lib.make_pipeline(config.data)
@@ -114,7 +124,7 @@ def _assets(config, pipeline, stage: str, mesh) -> dict:
 def _skill_params(config, workdir: str, mesh):
     """The skill stage's final model variables, the starting point of the sampler."""
     source = config.train.get("init_from") or os.path.join(workdir, "skill", "checkpoints")
-    abstract = ts.nnx.state(ts.nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))))
+    abstract = nnx.state(nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))))
     target = ts.with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
     params, step = checkpoints.restore_params(source, target)
     log.info("sampler stage starts from the skill model of %s step %d", source, step)
@@ -155,6 +165,9 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
         ts.make_train_step(graphdef, tx, stage, schedule=schedule,
                            ema_decay=float(tc.get("ema_decay", 0.999)),
                            sampler_modules=sampler_modules), shardings, mesh)
+    reinit_every = int(tc.get("reinit_dead_codes_every", 0)) if stage == "skill" else 0
+    reinit_fn = (ts.make_reinit_dead_codes(graphdef, stage, shardings, mesh, sampler_modules)
+                 if reinit_every > 0 else None)
     rng = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
     assets = _assets(config, pipeline, stage, mesh)
     writer = MetricWriter(stage_dir, total_steps=total, initial_step=step,
@@ -169,6 +182,9 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
             batch = mesh_batches.put_on_mesh(ts.host_batch(iterator.next_local()), mesh)
             state, metrics = step_fn(rng, state, batch)
             step += 1
+            if reinit_fn is not None and step % reinit_every == 0:
+                state, reinit_metrics = reinit_fn(rng, state)
+                metrics = dict(metrics, **{f"reinit/{k}": v for k, v in reinit_metrics.items()})
             pending.append(metrics)
             writer.advance()
             if step % log_every == 0 or step == total or step == t0_step + 1:
