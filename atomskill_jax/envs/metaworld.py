@@ -120,6 +120,15 @@ class MetaWorldEnv:
         target = np.clip(self.mocap_target() + delta, env.mocap_low, env.mocap_high)
         return np.concatenate([target, np.clip(action[3:4], -1.0, 1.0)])
 
+    def delta_action(self, action_abs: np.ndarray) -> np.ndarray:
+        """The delta command that moves the mocap target to `action_abs[:3]` (the
+        inverse of `absolute_target`). Targets farther than one step can reach are
+        clipped to the [-1, 1] delta range, as the env would clip the command."""
+        env = self.env
+        target = np.asarray(action_abs, np.float64)
+        delta = (target[:3] - self.mocap_target()) / env.action_scale
+        return np.clip(np.concatenate([delta, target[3:4]]), -1.0, 1.0)
+
     def step(self, action: np.ndarray):
         obs, reward, terminated, truncated, info = self.env.step(
             np.asarray(action, np.float32))

@@ -1,0 +1,111 @@
+"""`evaluate(policy_factory, tasks, ...) -> Report`: what `atomskill eval` calls.
+
+    report = evaluate(partial(load_policy, workdir), suite_tasks("rlbench6"),
+                      episodes_per_task=20, seeds=(0, 1, 2))
+    write_report(report, out_dir)
+
+Seeds choose evaluation layouts (seed s: layout indices s*N ... s*N+N-1, see
+`envs.metaworld_eval.eval_layouts`), so more seeds means more distinct layouts and
+the confidence interval over seeds covers layout-to-layout variation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from atomskill_jax.envs import metaworld_tasks
+from atomskill_jax.eval import rollout, stages
+from atomskill_jax.eval.report import Report
+from atomskill_jax.policies.base import Policy
+
+# Task groups reported next to the average when all their tasks were evaluated.
+GROUPS = {
+    "motion-pattern": list(metaworld_tasks.RLBENCH6_MOTION),
+    "localisation": list(metaworld_tasks.RLBENCH6_SPATIAL),
+}
+
+
+def versions() -> dict[str, str]:
+    """Versions that change scores: simulator, MuJoCo, JAX, this project (+ git commit)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("metaworld", "mujoco", "jax", "atomskill_jax"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit:
+            out["git"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
+             episodes_per_task: int, seeds: Sequence[int] = (0,), *,
+             name: str | None = None, max_steps: int | None = None,
+             num_workers: int | None = None, batch_size: int | None = None,
+             videos_per_task: int = 0, video_dir: str | None = None,
+             video_camera: str = "corner", checkpoint_step: int | None = None,
+             command: str | None = None, progress: bool = True) -> Report:
+    """Closed-loop evaluation of a policy on evaluation layouts.
+
+    policy_factory: picklable, builds the policy inside each worker process.
+    max_steps: cap per episode (default: the task's own, 500 in MetaWorld).
+    num_workers: spawned processes (default: CPU count, at most one per job;
+        0 runs in this process, for debugging without images or videos).
+    batch_size: environments a worker steps together per policy call (default:
+        the episodes of one task and seed, split evenly over the workers).
+    videos_per_task: record the first episodes of the first seed in `video_dir`.
+    """
+    tasks = [metaworld_tasks.canonical_task(t) for t in tasks]
+    seeds = [int(s) for s in seeds]
+    if episodes_per_task < 1 or not seeds or not tasks:
+        raise ValueError("evaluate needs tasks, seeds and episodes_per_task >= 1")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}")
+    if videos_per_task and not video_dir:
+        raise ValueError("videos_per_task needs a video_dir")
+    cpus = os.cpu_count() or 1
+    if num_workers is None:
+        num_workers = cpus
+    if batch_size is None:
+        jobs_per_task_seed = max(1, -(-max(1, num_workers) // (len(tasks) * len(seeds))))
+        batch_size = max(1, -(-episodes_per_task // jobs_per_task_seed))
+    jobs = rollout.make_jobs(tasks, seeds, episodes_per_task, batch_size, max_steps,
+                             videos_per_task)
+    num_workers = min(num_workers, len(jobs))
+    from atomskill_jax.envs.metaworld import render_backend
+
+    options = rollout.WorkerOptions(gl_backend=render_backend(),
+                                    video_dir=os.path.abspath(video_dir) if
+                                    videos_per_task else "", video_camera=video_camera)
+    start = time.time()
+    results, spec = rollout.run_jobs(policy_factory, jobs, num_workers=num_workers,
+                               options=options, progress=progress)
+    groups = {g: ts for g, ts in GROUPS.items() if set(ts) <= set(tasks)}
+    meta = {
+        "command": command if command is not None else " ".join([sys.executable] + sys.argv),
+        "checkpoint_step": checkpoint_step,
+        "policy": spec,
+        "versions": versions(),
+        "max_steps": max_steps or "task default",
+        "layouts": "evaluation layouts: seed s uses layout_id('eval', s*N + i), i < N",
+        "num_workers": num_workers, "batch_size": batch_size,
+        "wall_seconds": round(time.time() - start, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stages": {t: [s.name for s in stages.stages_of(t)] for t in tasks},
+    }
+    return Report(name=name or spec.get("name") or "policy", tasks=tasks, seeds=seeds,
+                  episodes_per_task=episodes_per_task, results=results, groups=groups,
+                  meta=meta)
+

@@ -1,0 +1,244 @@
+"""Closed-loop rollouts in parallel worker processes.
+
+Work is split into jobs of one task, one seed and up to `batch_size` episodes; a
+worker runs a job's environments in lockstep so the policy infers for all of them
+in one (jitted) call. Workers are spawned (never forked: JAX and MuJoCo state do
+not survive a fork), build the policy once from the picklable `policy_factory`,
+and keep their environments across jobs. Rendering happens only in workers, which
+must never import TensorFlow (see `envs.metaworld`: OSMesa and TensorFlow crash
+together); the GL backend is switched on there only when the policy needs images
+or videos are recorded.
+
+An episode ends at the first success (as MetaWorld's evaluation does) or after
+`max_steps`. Finished environments stay in the batch with their last observation
+(static shapes for jit); their actions are ignored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from atomskill_jax.eval.metrics import EpisodeResult, ProgressCounter
+from atomskill_jax.policies.base import Policy, TaskInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    task: str
+    seed: int
+    episodes: tuple[int, ...]  # episode indices within the seed
+    layouts: tuple[int, ...]
+    max_steps: int
+    video: tuple[bool, ...]  # record this episode's video
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    gl_backend: str = "osmesa"
+    video_dir: str = ""
+    video_camera: str = "corner"
+
+
+_STATE: dict[str, Any] = {}  # per worker process: policy, envs, options
+
+
+def _init_worker(policy_factory: Callable[[], Policy], options: WorkerOptions) -> None:
+    _STATE.clear()
+    _STATE.update(factory=policy_factory, options=options, envs={}, embeddings={})
+
+
+def _policy() -> Policy:
+    if "policy" not in _STATE:
+        policy = _STATE["factory"]()
+        options: WorkerOptions = _STATE["options"]
+        if policy.spec.cameras or options.video_dir:
+            # Must precede MuJoCo's import, which reads MUJOCO_GL once.
+            if "tensorflow" in sys.modules:
+                raise RuntimeError("rendering in a process that imported TensorFlow crashes "
+                                   "it (envs.metaworld); evaluate with num_workers >= 1")
+            if "mujoco" in sys.modules and not os.environ.get("MUJOCO_GL"):
+                raise RuntimeError(
+                    "the policy factory imported MuJoCo before rendering was set up; "
+                    "import the simulator lazily in the policy")
+            os.environ.setdefault("MUJOCO_GL", options.gl_backend)
+            os.environ.setdefault("PYOPENGL_PLATFORM", options.gl_backend)
+        _STATE["policy"] = policy
+    return _STATE["policy"]
+
+
+def _embedding(task: str) -> np.ndarray:
+    if task not in _STATE["embeddings"]:
+        from atomskill_jax.envs import metaworld_tasks
+        from atomskill_jax.models import sentence_encoder
+
+        _STATE["embeddings"][task] = sentence_encoder.embed_texts_cached(
+            [metaworld_tasks.instruction(task)])[0]
+    return _STATE["embeddings"][task]
+
+
+def _envs(task: str, count: int, spec) -> list:
+    from atomskill_jax.envs.metaworld_eval import MetaWorldEvalEnv
+
+    options: WorkerOptions = _STATE["options"]
+    envs = _STATE["envs"].setdefault(task, [])
+    embedding = _embedding(task) if "language_embedding" in spec.observation_keys else None
+    while len(envs) < count:
+        envs.append(MetaWorldEvalEnv(
+            task, spec, max_steps=None, language_embedding=embedding,
+            video_camera=options.video_camera if options.video_dir else None))
+    return envs[:count]
+
+
+def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
+    """Runs one job in this process (the worker entry point); returns the policy's
+    spec (for the report) and the episode results."""
+    from atomskill_jax.envs import metaworld_tasks
+    from atomskill_jax.envs.metaworld_eval import stack_observations
+    from atomskill_jax.eval.stages import StageTracker
+
+    policy = _policy()
+    spec = policy.spec
+    n = len(job.layouts)
+    envs = _envs(job.task, n, spec)
+    images = bool(spec.cameras)
+    instruction = metaworld_tasks.instruction(job.task)
+    policy.reset([TaskInfo(job.task, instruction, layout, job.seed, ep)
+                  for layout, ep in zip(job.layouts, job.episodes)])
+    obs = [env.reset(layout) for env, layout in zip(envs, job.layouts)]
+    trackers = [StageTracker(job.task) for _ in range(n)]
+    for tracker, env in zip(trackers, envs):
+        tracker.reset(env.state)
+    counters = [ProgressCounter(len(t.stages)) for t in trackers]
+    done = np.zeros(n, bool)
+    success_step = np.full(n, -1)
+    steps = np.zeros(n, int)
+    frames: list[list] = [[env.video_frame()] if job.video[i] else []
+                          for i, env in enumerate(envs)]
+    queue: np.ndarray | None = None  # [B, h, A] actions still to execute
+    for t in range(job.max_steps):
+        if queue is None or queue.shape[1] == 0:
+            actions = np.asarray(policy.infer(stack_observations(obs)))
+            if actions.ndim == 2:
+                actions = actions[:, None]
+            if actions.ndim != 3 or actions.shape[0] != n:
+                raise ValueError(f"policy {spec.name!r} returned actions of shape "
+                                 f"{actions.shape} for a batch of {n}; expected [B, A] or "
+                                 f"[B, H, A]")
+            queue = actions[:, : spec.execute_steps or actions.shape[1]]
+        for i, env in enumerate(envs):
+            if done[i]:
+                continue
+            obs[i], info, truncated = env.step(queue[i, 0], render=images or job.video[i])
+            steps[i] = t + 1
+            counters[i].update(trackers[i].flags(env.state, info))
+            if job.video[i]:
+                frames[i].append(env.video_frame())
+            if info.get("success", 0.0):
+                success_step[i], done[i] = t, True
+            elif truncated:
+                done[i] = True
+        queue = queue[:, 1:]
+        if done.all():
+            break
+    return spec.to_dict(), [_result(job, i, bool(success_step[i] >= 0), counters[i],
+                                    int(steps[i]), int(success_step[i]), frames[i])
+                            for i in range(n)]
+
+
+def _result(job, i, success, counter, steps, success_step, frames) -> EpisodeResult:
+    video = ""
+    if frames:
+        from atomskill_jax.eval.video import save_video
+
+        stem = os.path.join(_STATE["options"].video_dir,
+                            f"{job.task}_seed{job.seed}_ep{job.episodes[i]}"
+                            f"_{'success' if success else 'failure'}")
+        video = save_video(frames, stem)
+    reached = counter.completed
+    return EpisodeResult(
+        task=job.task, seed=job.seed, episode=job.episodes[i], layout=job.layouts[i],
+        success=success, stages_completed=counter.num_stages if success else reached,
+        num_stages=counter.num_stages, steps=steps, success_step=success_step,
+        stages_reached=reached, video=video)
+
+
+def make_jobs(tasks: Sequence[str], seeds: Sequence[int], episodes_per_task: int,
+              batch_size: int, max_steps: int | None, videos_per_task: int) -> list[Job]:
+    from atomskill_jax.envs.metaworld_eval import default_max_steps, eval_layouts
+
+    jobs = []
+    for task in tasks:
+        for seed in seeds:
+            layouts = eval_layouts(seed, episodes_per_task)
+            for start in range(0, episodes_per_task, batch_size):
+                eps = tuple(range(start, min(start + batch_size, episodes_per_task)))
+                # Videos of the first episodes of the first seed.
+                video = tuple(seed == seeds[0] and e < videos_per_task for e in eps)
+                jobs.append(Job(task, int(seed), eps, tuple(layouts[e] for e in eps),
+                                int(max_steps or default_max_steps(task)), video))
+    return jobs
+
+
+def run_jobs(policy_factory: Callable[[], Policy], jobs: Sequence[Job], *,
+             num_workers: int, options: WorkerOptions,
+             progress: bool = True) -> tuple[list[EpisodeResult], dict]:
+    """Runs jobs on `num_workers` spawned processes (0: in this process); returns
+    the results in job order and the policy's spec."""
+    from tqdm import tqdm
+
+    total = sum(len(j.layouts) for j in jobs)
+    bar = tqdm(total=total, desc="rollouts", unit="ep", disable=not progress)
+    results: list[EpisodeResult] = []
+    successes = 0
+    spec: dict = {}
+
+    def collect(output):
+        nonlocal successes
+        spec.update(output[0])
+        batch = output[1]
+        results.extend(batch)
+        successes += sum(r.success for r in batch)
+        bar.update(len(batch))
+        bar.set_postfix(task=batch[0].task, sr=f"{successes / len(results):.2f}")
+
+    try:
+        if num_workers == 0:
+            _init_worker(policy_factory, options)
+            try:
+                for job in jobs:
+                    collect(run_job(job))
+            finally:
+                _close_worker()
+        else:
+            with concurrent.futures.ProcessPoolExecutor(
+                    max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker, initargs=(policy_factory, options)) as pool:
+                futures = [pool.submit(run_job, job) for job in jobs]
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        collect(future.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    order = {(j.task, j.seed, e): k for k, j in enumerate(jobs) for e in j.episodes}
+    return sorted(results, key=lambda r: order[(r.task, r.seed, r.episode)]), spec
+
+
+def _close_worker() -> None:
+    policy = _STATE.get("policy")
+    if policy is not None:
+        policy.close()
+    for envs in _STATE.get("envs", {}).values():
+        for env in envs:
+            env.close()
+    _STATE.clear()
