@@ -23,7 +23,7 @@ def _report(name="atomskill", tasks=RLBENCH6, seeds=(0, 1, 2), episodes=2, fail_
                     success=success, stages_completed=3 if success else 1 + seed % 2,
                     num_stages=3, steps=80, success_step=79 if success else -1,
                     stages_reached=3 if success else 1))
-    groups = {g: t for g, t in GROUPS.items() if set(t) <= set(tasks)}
+    groups = GROUPS if set(tasks) == set(RLBENCH6) else {}
     meta = {"command": "atomskill eval --workdir=W --suite=rlbench6", "checkpoint_step": 5000,
             "versions": {"metaworld": "3.1.1", "mujoco": "3.3.0", "jax": "0.4", "atomskill_jax": "0.1.0"}}
     return rep.Report(name=name, tasks=list(tasks), seeds=list(seeds), episodes_per_task=episodes,
