@@ -46,25 +46,30 @@ def test_absolute_target_policy_in_process_and_chunks():
     report = evaluate(functools.partial(ScriptedExpertPolicy, "action_abs"), ["drawer-close"],
                       episodes_per_task=2, seeds=(0,), num_workers=0, progress=False)
     assert all(r.success for r in report.results)
+    ChunkedExpert.calls = 0
     chunked = evaluate(functools.partial(ChunkedExpert, 4), ["drawer-close"],
-                       episodes_per_task=2, seeds=(0,), num_workers=0, progress=False)
+                       episodes_per_task=2, seeds=(0,), num_workers=0, progress=False,
+                       batch_size=2)
     assert all(r.success for r in chunked.results)
+    # one call per 2 executed steps of the longest episode (both run in lockstep)
+    assert ChunkedExpert.calls == -(-max(r.steps for r in chunked.results) // 2)
 
 
 class ChunkedExpert(Policy):
     """The expert's action repeated into an H-step chunk, executed open loop in halves."""
 
+    calls = 0  # class-level: the policy lives inside evaluate()
+
     def __init__(self, horizon: int):
         self.inner = ScriptedExpertPolicy()
         self.horizon = horizon
         self.spec = PolicySpec(name="chunked", execute_steps=horizon // 2)
-        self.calls = 0
 
     def reset(self, task_info):
         self.inner.reset(task_info)
 
     def infer(self, observation):
-        self.calls += 1
+        ChunkedExpert.calls += 1
         return np.repeat(self.inner.infer(observation)[:, None], self.horizon, axis=1)
 
 
@@ -92,8 +97,10 @@ def test_images_and_videos_render_in_the_worker(tmp_path):
 
     if mw.render_backend() == "osmesa" and ctypes.util.find_library("OSMesa") is None:
         pytest.skip("no OSMesa for offscreen rendering (Debian: libosmesa6)")
+    # OSMesa renders a MetaWorld frame in ~0.16 s here whatever its size: few steps.
     report = evaluate(ImagePolicy, ["drawer-close"], episodes_per_task=1, seeds=(0,),
-                      num_workers=1, progress=False, videos_per_task=1,
+                      num_workers=1, progress=False, videos_per_task=1, max_steps=12,
                       video_dir=str(tmp_path / "videos"))
     (result,) = report.results
-    assert result.success and result.video and os.path.getsize(result.video) > 0
+    assert result.steps == 12 and result.video.endswith((".mp4", ".gif"))
+    assert os.path.getsize(result.video) > 0 and "drawer-close_seed0_ep0" in result.video

@@ -24,7 +24,12 @@ disassemble). So stages are read from `info` where it is meaningful (success,
 - `success`: `info['success']`.
 
 A stage once reached stays reached, and a stage counts only if it is reached at or
-after the step where the one before it was: `metrics.ordered_progress`.
+after the step where the one before it was: `metrics.ordered_progress`. The env's
+success is authoritative: a successful episode completes all stages even if a
+predicate missed one (the evaluator records both counts). Measured with the
+expert on rlbench6 evaluation layouts (3 seeds x 20 episodes), that happens only
+in pick-place, 5 of 60 episodes, whose goal lies within 7 cm of the puck: the
+expert succeeds by pushing it there, without a lift.
 """
 
 from __future__ import annotations
