@@ -104,3 +104,27 @@ def test_images_and_videos_render_in_the_worker(tmp_path):
     (result,) = report.results
     assert result.steps == 12 and result.video.endswith((".mp4", ".gif"))
     assert os.path.getsize(result.video) > 0 and "drawer-close_seed0_ep0" in result.video
+
+
+class BatchRecorder(RandomPolicy):
+    """Random actions; records every batch size and reset it is given."""
+
+    seen: list = []
+
+    def reset(self, task_info):
+        BatchRecorder.seen.append(("reset", len(task_info)))
+        super().reset(task_info)
+
+    def infer(self, observation):
+        BatchRecorder.seen.append(("infer", len(observation["state"])))
+        return super().infer(observation)
+
+
+def test_short_jobs_are_padded_to_one_batch_size():
+    BatchRecorder.seen = []
+    report = evaluate(BatchRecorder, ["reach"], episodes_per_task=3, seeds=(0,),
+                      num_workers=0, batch_size=2, max_steps=4, progress=False)
+    assert [r.episode for r in report.results] == [0, 1, 2]
+    assert all(r.steps == 4 for r in report.results)
+    assert {size for _, size in BatchRecorder.seen} == {2}
+    assert [kind for kind, _ in BatchRecorder.seen].count("reset") == 2

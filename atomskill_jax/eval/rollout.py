@@ -9,6 +9,10 @@ must never import TensorFlow (see `envs.metaworld`: OSMesa and TensorFlow crash
 together); the GL backend is switched on there only when the policy needs images
 or videos are recorded.
 
+Every policy call sees the same batch size (`batch_size`): a job with fewer
+episodes repeats its last environment's observation to fill the batch, so a
+jitted policy compiles once.
+
 An episode ends at the first success (as MetaWorld's evaluation does) or after
 `max_steps`. Finished environments stay in the batch with their last observation
 (static shapes for jit); their actions are ignored.
@@ -37,6 +41,7 @@ class Job:
     layouts: tuple[int, ...]
     max_steps: int
     video: tuple[bool, ...]  # record this episode's video
+    batch_size: int = 0  # policy batch; padded up to it (0: no padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +114,10 @@ def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     envs = _envs(job.task, n, spec)
     images = bool(spec.cameras)
     instruction = metaworld_tasks.instruction(job.task)
-    policy.reset([TaskInfo(job.task, instruction, layout, job.seed, ep)
-                  for layout, ep in zip(job.layouts, job.episodes)])
+    pad = max(0, job.batch_size - n)
+    infos = [TaskInfo(job.task, instruction, layout, job.seed, ep)
+             for layout, ep in zip(job.layouts, job.episodes)]
+    policy.reset(infos + infos[-1:] * pad)
     obs = [env.reset(layout) for env, layout in zip(envs, job.layouts)]
     trackers = [StageTracker(job.task) for _ in range(n)]
     for tracker, env in zip(trackers, envs):
@@ -124,14 +131,14 @@ def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     queue: np.ndarray | None = None  # [B, h, A] actions still to execute
     for t in range(job.max_steps):
         if queue is None or queue.shape[1] == 0:
-            actions = np.asarray(policy.infer(stack_observations(obs)))
+            actions = np.asarray(policy.infer(stack_observations(obs + obs[-1:] * pad)))
             if actions.ndim == 2:
                 actions = actions[:, None]
-            if actions.ndim != 3 or actions.shape[0] != n:
+            if actions.ndim != 3 or actions.shape[0] != n + pad:
                 raise ValueError(f"policy {spec.name!r} returned actions of shape "
-                                 f"{actions.shape} for a batch of {n}; expected [B, A] or "
-                                 f"[B, H, A]")
-            queue = actions[:, : spec.execute_steps or actions.shape[1]]
+                                 f"{actions.shape} for a batch of {n + pad}; expected [B, A] "
+                                 f"or [B, H, A]")
+            queue = actions[:n, : spec.execute_steps or actions.shape[1]]
         for i, env in enumerate(envs):
             if done[i]:
                 continue
@@ -182,7 +189,8 @@ def make_jobs(tasks: Sequence[str], seeds: Sequence[int], episodes_per_task: int
                 # Videos of the first episodes of the first seed.
                 video = tuple(seed == seeds[0] and e < videos_per_task for e in eps)
                 jobs.append(Job(task, int(seed), eps, tuple(layouts[e] for e in eps),
-                                int(max_steps or default_max_steps(task)), video))
+                                int(max_steps or default_max_steps(task)), video,
+                                min(batch_size, episodes_per_task)))
     return jobs
 
 
