@@ -1,0 +1,97 @@
+"""Checkpoints: a run SIGKILLed after its step-2 checkpoint and resumed ends with
+exactly the state of an uninterrupted run; a checkpoint written on 8 devices restores
+on 1. Both in child processes, on the MetaWorld fixture, with the stand-in model
+(the trainer is model-agnostic; tests/test_train_devices.py runs the real one)."""
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+
+from tests.tiny_model import run_child, start_child
+
+# argv: devices, dataset, workdir, steps, then optionally "dump:STEP:OUT" (before
+# training: the train state of checkpoint STEP, restored onto this process's devices,
+# replicated, whatever device count wrote it, saved as npz) and/or "train".
+CHILD = """
+import numpy as np, orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+from atomskill_jax.training import trainer
+dataset, workdir, steps = sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def dump(step, out):
+    path = os.path.join(workdir, 'skill', 'checkpoints', step, 'train_state')
+    checkpointer = ocp.StandardCheckpointer()
+    meta = checkpointer.metadata(path).item_metadata.tree
+    mesh = jax.make_mesh((jax.device_count(),), ('d',))
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+        m.shape, m.dtype, sharding=NamedSharding(mesh, PartitionSpec())), meta)
+    flat = jax.tree_util.tree_leaves_with_path(checkpointer.restore(path, target))
+    np.savez(out, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat})
+
+for action in sys.argv[5:]:
+    if action.startswith('dump:'):
+        dump(*action.split(':')[1:])
+    else:
+        config = tiny_train_config(dataset, real_model=False, skill_steps=steps,
+                                   checkpoint_every=2)
+        config.stage = 'skill'
+        config.mesh.fsdp = 2 if jax.device_count() > 1 else 1
+        print(json.dumps(trainer.train(config, workdir)), flush=True)
+"""
+
+
+def _ckpt(workdir, step):
+    return os.path.join(workdir, "skill", "checkpoints", str(step))
+
+
+def test_killed_run_resumes_exactly(metaworld_rlds_dir, tmp_path):
+    cache = tmp_path / "cache"
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_a = start_child(CHILD, 1, metaworld_rlds_dir, straight, 4, "train",
+                        f"dump:4:{tmp_path / 'a.npz'}", cache_dir=cache,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env_hang = {"ATOMSKILL_TEST_HANG_AFTER_STEP": "3"}
+    os.environ.update(env_hang)  # start_child copies os.environ
+    try:
+        run_b = start_child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train", cache_dir=cache,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    finally:
+        del os.environ["ATOMSKILL_TEST_HANG_AFTER_STEP"]
+    line = run_b.stdout.readline()  # printed once the step-2 checkpoint is durable
+    assert line.startswith("HANGING after step 3"), line
+    run_b.send_signal(signal.SIGKILL)
+    run_b.wait(timeout=60)
+    assert os.path.isdir(_ckpt(killed, 2)) and not os.path.exists(_ckpt(killed, 4))
+    out, err = run_a.communicate(timeout=300)
+    assert run_a.returncode == 0, err[-4000:]
+
+    resumed = json.loads(run_child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train",
+                                   f"dump:4:{tmp_path / 'b.npz'}",
+                                   cache_dir=cache).strip().splitlines()[-1])
+    assert resumed["skill"]["step"] == 4
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert sorted(a.files) == sorted(b.files) and any("opt_state" in k for k in a.files)
+    for name in a.files:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+    # The metrics of the resumed steps continue the log (steps 1-3 from before the kill).
+    steps = [json.loads(x)["step"] for x in open(killed / "skill" / "metrics.jsonl")]
+    assert steps[-1] == 4 and 3 in steps
+
+
+def test_checkpoint_from_8_devices_restores_on_1(metaworld_rlds_dir, tmp_path):
+    cache = tmp_path / "cache"
+    workdir = tmp_path / "w"
+    run_child(CHILD, 8, metaworld_rlds_dir, workdir, 2, "train",
+              f"dump:2:{tmp_path / 'eight.npz'}", cache_dir=cache)
+    # On 1 device: the same train state (resharded), then one more step from it.
+    out = run_child(CHILD, 1, metaworld_rlds_dir, workdir, 3, f"dump:2:{tmp_path / 'one.npz'}",
+                    "train", cache_dir=cache)
+    saved, restored = np.load(tmp_path / "eight.npz"), np.load(tmp_path / "one.npz")
+    for name in saved.files:
+        np.testing.assert_array_equal(saved[name], restored[name], err_msg=name)
+    out = json.loads(out.strip().splitlines()[-1])
+    assert out["skill"]["step"] == 3 and np.isfinite(out["skill"]["metrics"]["loss"])
+    assert os.path.isdir(_ckpt(workdir, 3))
