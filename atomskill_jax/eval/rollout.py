@@ -88,15 +88,15 @@ def _embedding(task: str) -> np.ndarray:
     return _STATE["embeddings"][task]
 
 
-def _envs(task: str, count: int, spec) -> list:
+def _envs(task: str, count: int, spec, max_steps: int) -> list:
     from atomskill_jax.envs.metaworld_eval import MetaWorldEvalEnv
 
     options: WorkerOptions = _STATE["options"]
-    envs = _STATE["envs"].setdefault(task, [])
+    envs = _STATE["envs"].setdefault((task, max_steps), [])
     embedding = _embedding(task) if "language_embedding" in spec.observation_keys else None
     while len(envs) < count:
         envs.append(MetaWorldEvalEnv(
-            task, spec, max_steps=None, language_embedding=embedding,
+            task, spec, max_steps=max_steps, language_embedding=embedding,
             video_camera=options.video_camera if options.video_dir else None))
     return envs[:count]
 
@@ -111,7 +111,7 @@ def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     policy = _policy()
     spec = policy.spec
     n = len(job.layouts)
-    envs = _envs(job.task, n, spec)
+    envs = _envs(job.task, n, spec, job.max_steps)
     images = bool(spec.cameras)
     instruction = metaworld_tasks.instruction(job.task)
     pad = max(0, job.batch_size - n)
