@@ -164,8 +164,8 @@ def test_supervised_contrastive_matches_numpy_on_four_samples():
 def test_contrastive_without_any_positive_is_zero_and_finite():
     z = jax.random.normal(jax.random.key(0), (2, 3, 4))
     indices = jnp.array([[0, 1, 2], [3, 4, 5]])  # all codes distinct
-    loss, grads = jax.value_and_grad(
-        lambda z: contrastive.contrastive_loss(z, indices, jnp.array([0, 1]))[0])(z)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda z: contrastive.contrastive_loss(z, indices, jnp.array([0, 1]))[0]))(z)
     assert float(loss) == 0.0 and np.all(np.isfinite(grads))
 
 
@@ -213,3 +213,15 @@ def test_beta_schedules_are_valid(name):
 def test_ddim_timesteps():
     np.testing.assert_array_equal(ddim_timesteps(100, 4), [99, 66, 33, 0])
     assert len(ddim_timesteps(10, 50)) == 10
+
+
+def test_hash_dropout_rate_scale_and_independence():
+    from atomskill_jax.models.layers import dropout
+
+    x = jnp.ones((64, 500))
+    a = dropout(x, 0.2, train=True, rngs=nnx.Rngs(dropout=jax.random.key(0)))
+    b = dropout(x, 0.2, train=True, rngs=nnx.Rngs(dropout=jax.random.key(1)))
+    assert float(jnp.mean(a == 0)) == pytest.approx(0.2, abs=0.01)
+    assert float(jnp.mean(a)) == pytest.approx(1.0, abs=0.02)  # inverted scaling
+    assert float(jnp.mean((a == 0) & (b == 0))) == pytest.approx(0.04, abs=0.01)
+    np.testing.assert_array_equal(dropout(x, 0.2, train=False, rngs=None), x)

@@ -91,15 +91,17 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 def tiny_model_config() -> ml_collections.ConfigDict:
     """A very small model for tests and shape checks (d_model 32, one layer per stack,
-    one 32x32 camera, 4 skill tokens, H=8, L=16)."""
+    one 32x32 camera through a one-stage ResNet, 4 skill tokens, H=8, L=16, a one-level
+    UNet). Few distinct shapes, so eager tests compile few kernels."""
     c = default_model_config()
-    c.d_model, c.num_heads, c.mlp_dim, c.dropout = 32, 2, 64, 0.1
+    c.d_model, c.num_heads, c.mlp_dim, c.dropout = 32, 2, 64, 0.0  # dropout: faster compiles
     c.action_dim, c.proprio_dim, c.state_dim = 4, 6, 5
     c.cameras, c.image_size = ("front",), (32, 32)
     c.horizon, c.skill_length = 8, 16
-    c.observation.update(resnet_width=8, resnet_stage_sizes=(1, 1, 1, 1), low_dim_hidden=32)
+    c.observation.update(resnet_width=8, resnet_stage_sizes=(1,), low_dim_hidden=32)
     c.skill_encoder.update(num_tokens=4, num_layers=1, conv_kernel=3)
     c.vq.update(codebook_size=8, recent_buffer_size=64)
     c.decoder.update(fusion_layers=1, action_layers=1)
-    c.sampler.update(num_train_timesteps=20, ddim_steps=4, cond_dim=32, label_head_hidden=32)
+    c.sampler.update(num_train_timesteps=10, ddim_steps=3, cond_dim=32, label_head_hidden=32,
+                     unet_channel_mults=(1,))
     return c
