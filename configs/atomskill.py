@@ -91,7 +91,8 @@ def _cpu(c):
                  tokens=8, codes=32)
     c.model.dropout = 0.0
     c.optim.lr, c.optim.warmup_steps = 1e-3, 100
-    c.train.update(skill_steps=1500, sampler_steps=500, log_every=50, checkpoint_every=500)
+    c.train.update(skill_steps=1500, sampler_steps=500, log_every=50, checkpoint_every=500,
+                   reinit_dead_codes_every=100)
     return c
 
 

@@ -71,7 +71,7 @@ class MetricWriter:
         if self._wandb is not None:
             self._wandb.log(clean, step=int(step))
         if self._bar is not None:
-            shown = {k: clean[k] for k in ("loss", "loss_action_l1", "perplexity") if k in clean}
+            shown = {k: clean[k] for k in ("loss", "action_l1", "perplexity") if k in clean}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def advance(self, steps: int = 1) -> None:

@@ -176,7 +176,7 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
     hang_at = int(os.environ.get(HANG_ENV, "-1"))
     log_every, ckpt_every = int(tc.log_every), int(tc.checkpoint_every)
     pending, last = [], {}
-    t0, t0_step = time.perf_counter(), step
+    t0, t0_step, first_step = time.perf_counter(), step, step + 1
     try:
         while step < total:
             batch = mesh_batches.put_on_mesh(ts.host_batch(iterator.next_local()), mesh)
@@ -187,7 +187,7 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
                 metrics = dict(metrics, **{f"reinit/{k}": v for k, v in reinit_metrics.items()})
             pending.append(metrics)
             writer.advance()
-            if step % log_every == 0 or step == total or step == t0_step + 1:
+            if step % log_every == 0 or step == total or step == first_step:
                 values = jax.device_get(pending)
                 last = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
                 elapsed = time.perf_counter() - t0
