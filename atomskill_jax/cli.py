@@ -196,7 +196,13 @@ def _cmd_train(args) -> int:
 
     from atomskill_jax.training import config_flags, trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our INFO messages (resume, stage start) without orbax's: absl owns the root logger.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("atomskill_jax")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
     config = config_flags.apply_overrides(config_flags.load_config(args.config),
                                           args.config_overrides)
     results = trainer.train(config, args.workdir, overwrite=args.overwrite)

@@ -95,11 +95,12 @@ def with_shardings(abstract, shardings):
 
 
 def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
-                       init_params: nnx.State | None = None):
+                       init_params: nnx.State | None = None, abstract_only: bool = False):
     """(graphdef, sharded TrainState, its shardings). Created inside jit with output
     shardings, so large parameters are born sharded and never gathered on one device.
     `init_params` (a full model state, e.g. the skill stage's result) overrides the
-    fresh initialisation."""
+    fresh initialisation. `abstract_only`: ShapeDtypeStructs carrying the shardings
+    instead (the restore target when resuming: nothing is initialised)."""
     seed = int(config.seed)
     sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
 
@@ -120,6 +121,8 @@ def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
     graphdef = split_model(abstract_model, stage, sampler_modules)[0]
     abstract = jax.eval_shape(init, init_params)
     shardings = state_shardings(abstract, tx, mesh)
+    if abstract_only:
+        return graphdef, with_shardings(abstract, shardings), shardings
     state = jax.jit(init, out_shardings=shardings)(init_params)
     return graphdef, state, shardings
 
@@ -147,8 +150,8 @@ def make_train_step(graphdef, tx, stage: str, *, schedule: Callable, ema_decay: 
             step = state.step.astype(jnp.float32)
             decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
             ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params),
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                       param_norm=optax.tree.norm(params),
                        lr=jnp.asarray(schedule(state.step), jnp.float32))
         new_state = state.replace(step=state.step + 1, params=params, rest=rest,
                                   opt_state=opt_state, ema=ema)

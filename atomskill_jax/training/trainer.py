@@ -140,6 +140,16 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
     manager = checkpoints.make_manager(os.path.join(stage_dir, "checkpoints"),
                                        keep=int(tc.keep_checkpoints),
                                        async_save=bool(tc.get("async_checkpoints", True)))
+    try:
+        return _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total,
+                          tx, schedule, use_ema)
+    finally:
+        manager.close()
+
+
+def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total, tx, schedule,
+               use_ema) -> dict:
+    tc = config.train
     latest = manager.latest_step()
     ckpt_dir = os.fspath(manager.directory)
     if latest is None and checkpoints.unrecognised_entries(ckpt_dir):
@@ -151,13 +161,12 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
     init_params = None
     if stage == "sampler" and latest is None:
         init_params = _skill_params(config, workdir, mesh)
-    graphdef, state, shardings = ts.create_train_state(config, stage, tx, mesh, use_ema=use_ema,
-                                                       init_params=init_params)
+    graphdef, state, shardings = ts.create_train_state(
+        config, stage, tx, mesh, use_ema=use_ema, init_params=init_params,
+        abstract_only=latest is not None)  # resuming: the checkpoint fills it
     iterator = pipeline.iterator()
     if latest is not None:
-        abstract = ts.with_shardings(jax.eval_shape(lambda s: s, state), shardings)
-        del state  # free the fresh initialisation before restoring over it
-        state = checkpoints.restore_train_state(manager, latest, abstract, iterator)
+        state = checkpoints.restore_train_state(manager, latest, state, iterator)
         log.info("resumed %s from %s/%d", stage, ckpt_dir, latest)
     step = int(jax.device_get(state.step))
     sampler_modules = tuple(tc.get("sampler_modules", ("sampler", "label_head")))
@@ -189,7 +198,8 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
             writer.advance()
             if step % log_every == 0 or step == total or step == first_step:
                 values = jax.device_get(pending)
-                last = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+                keys = dict.fromkeys(k for m in values for k in m)  # some only every N steps
+                last = {k: float(np.mean([m[k] for m in values if k in m])) for k in keys}
                 elapsed = time.perf_counter() - t0
                 last["steps_per_sec"] = (step - t0_step) / max(elapsed, 1e-9)
                 last["examples_per_sec"] = last["steps_per_sec"] * pipeline.global_batch_size
@@ -205,5 +215,4 @@ def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
         manager.wait_until_finished()
     finally:
         writer.close()
-        manager.close()
     return {"step": step, "metrics": last}
