@@ -90,9 +90,13 @@ def _cpu(c):
     _small_model(c.model, d_model=64, heads=4, mlp=128, enc_layers=2, dec_layers=2,
                  tokens=8, codes=32)
     c.model.dropout = 0.0
+    # A small codebook on few tasks collapses to 2-3 codes without help: codes under 30%
+    # of a fair share (usage EMA over ~20 steps) are re-seeded from recent encodings.
+    c.model.vq.usage_decay = 0.95
+    c.model.vq.dead_usage_fraction = 0.3
     c.optim.lr, c.optim.warmup_steps = 1e-3, 100
-    c.train.update(skill_steps=1500, sampler_steps=500, log_every=50, checkpoint_every=500,
-                   reinit_dead_codes_every=100)
+    c.train.update(skill_steps=3000, sampler_steps=1000, log_every=50, checkpoint_every=500,
+                   reinit_dead_codes_every=50)
     return c
 
 

@@ -89,6 +89,10 @@ def _prepare_workdir(workdir: str, overwrite: bool) -> None:
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
+    if jax.process_count() > 1:  # nobody reads the workdir before process 0 cleared it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("atomskill_prepare_workdir")
     os.makedirs(workdir, exist_ok=True)
 
 
