@@ -34,11 +34,18 @@ def load_symbol(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def model_class(config):
+    """`config.model_factory` ('module:Class'). Call it outside any jax trace first:
+    a module imported during a trace would turn its module-level jnp constants into
+    tracers that leak."""
+    return load_symbol(config.model_factory)
+
+
 def build_model(config, seed: int):
-    """The model of `config.model_factory` ('module:Class'); built without eager
-    sharding: placement is decided here from the annotations and the mesh."""
+    """The model, built without eager sharding: placement is decided here from the
+    annotations and the mesh."""
     with nnx.use_eager_sharding(False):
-        return load_symbol(config.model_factory)(config.model, rngs=nnx.Rngs(seed))
+        return model_class(config)(config.model, rngs=nnx.Rngs(seed))
 
 
 def trainable_filter(model, stage: str, sampler_modules=("sampler", "label_head")):
@@ -103,6 +110,7 @@ def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
     instead (the restore target when resuming: nothing is initialised)."""
     seed = int(config.seed)
     sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
+    model_class(config)  # import the model's module now, outside the traces below
 
     def init(loaded):
         model = build_model(config, seed)

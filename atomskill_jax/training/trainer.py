@@ -128,6 +128,7 @@ def _assets(config, pipeline, stage: str, mesh) -> dict:
 def _skill_params(config, workdir: str, mesh):
     """The skill stage's final model variables, the starting point of the sampler."""
     source = config.train.get("init_from") or os.path.join(workdir, "skill", "checkpoints")
+    ts.model_class(config)  # imported outside the trace below
     abstract = nnx.state(nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))))
     target = ts.with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
     params, step = checkpoints.restore_params(source, target)
