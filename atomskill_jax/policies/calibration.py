@@ -1,0 +1,151 @@
+"""ε (keypose trigger threshold) and the per-skill step cap, calibrated on training data.
+
+Computed once per workdir from the training datasets and saved as
+`W/calibration.json` (an asset next to the checkpoints), so every evaluation uses the
+same numbers and inference never reads the dataset.
+
+Rule. For every training step t in segment s, d_t = ||n(action_abs_t) - n(keypose_s)||
+with n the action_abs normalisation saved in the checkpoint (exactly what the
+trigger measures at inference, with ground truth in place of predictions):
+  - end zone: the last `end_steps` (1) steps of each segment; `eps_end` = 90th
+    percentile of d there: a threshold below it would miss most segment ends;
+  - early steps: all other steps; `eps_early` = 5th percentile of d there: a
+    threshold above it would fire early on more than 5% of mid-skill steps.
+ε = midpoint of the two when eps_early > eps_end (the widest margin for prediction
+error on both sides), else eps_end (segments too short or too still to separate:
+prefer ending skills, which the sampler can repeat, over being stuck in a finished
+skill until the cap). The cap is 1.5 x the longest training segment (at least 10).
+With the data contract's keypose (action_abs at the segment's terminal keyframe, its
+last step) eps_end is 0, and the earlier steps are away by at least the gripper
+command that flips at the keyframe or one step of motion, so ε = eps_early / 2: half
+the smallest typical distance of a step that is not the skill's last. On the test
+fixture (2 MetaWorld tasks x 2 episodes, mean/std normalisation) ε = 0.14, early
+fire rate 2.7%, every segment end hit.
+
+Why from the dataset rather than from the statistics: the statistics hold per-field
+spreads, not how far a segment's actions sit from its keypose, which is what ε
+separates. Reading the dataset needs TensorFlow, so `ensure_calibration` runs it in a
+spawned process: the evaluation process (and its render workers) never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+FILENAME = "calibration.json"
+# Used, with a warning, when a workdir has no calibration (e.g. its dataset is gone):
+# about two steps of full-speed MetaWorld hand motion in mean/std-normalised units.
+FALLBACK = {"epsilon": 0.25, "max_skill_steps": 200}
+
+
+def epsilon_from_episodes(episodes: Iterable[Mapping[str, np.ndarray]],
+                          normalize_abs: Callable[[np.ndarray], np.ndarray], *,
+                          end_steps: int = 1, end_quantile: float = 90.0,
+                          early_quantile: float = 5.0) -> dict:
+    """The rule of the module docstring. `episodes`: dicts with `action_abs` [T, A],
+    `keypose` [T, A], `skill_segment` [T]; `normalize_abs`: [N, A] -> [N, A]."""
+    end, early, lengths = [], [], []
+    for ep in episodes:
+        d = np.linalg.norm(normalize_abs(np.asarray(ep["action_abs"], np.float32))
+                           - normalize_abs(np.asarray(ep["keypose"], np.float32)), axis=-1)
+        seg = np.asarray(ep["skill_segment"])
+        # Segments are maximal runs of equal ids (as the data pipeline defines them).
+        cuts = np.flatnonzero(np.diff(seg) != 0) + 1
+        for run in np.split(np.arange(len(seg)), cuts):
+            if len(run) == 0:
+                continue
+            lengths.append(len(run))
+            to_end = run[-1] - run  # steps left in the segment
+            end.append(d[run][to_end < end_steps])
+            early.append(d[run][to_end >= end_steps])
+    if not lengths:
+        raise ValueError("epsilon calibration: no episodes")
+    end_d, early_d = np.concatenate(end), np.concatenate(early)
+    eps_end = float(np.percentile(end_d, end_quantile))
+    eps_early = float(np.percentile(early_d, early_quantile)) if early_d.size else float("inf")
+    epsilon = 0.5 * (eps_end + eps_early) if eps_early > eps_end else eps_end
+    return {
+        "epsilon": epsilon, "eps_end": eps_end, "eps_early": eps_early,
+        "max_skill_steps": max(10, int(np.ceil(1.5 * max(lengths)))),
+        "num_segments": len(lengths), "segment_length_p50": float(np.median(lengths)),
+        "segment_length_max": int(max(lengths)),
+        "early_fire_rate": float(np.mean(early_d < epsilon)) if early_d.size else 0.0,
+        "end_hit_rate": float(np.mean(end_d < epsilon)),
+        "rule": (f"d = |n(action_abs) - n(keypose)|; eps_end = p{end_quantile:g} over the last "
+                 f"{end_steps} steps of segments, eps_early = p{early_quantile:g} over the "
+                 f"other steps; eps = midpoint if eps_early > eps_end else eps_end"),
+    }
+
+
+def read_calibration(workdir: str) -> dict | None:
+    path = os.path.join(workdir, FILENAME)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _compute(workdir: str, dataset_dirs: list[str], config_json: dict, statistics: list,
+             split: str) -> dict:
+    """In a process allowed to import TensorFlow: read the datasets, apply the rule."""
+    import ml_collections
+
+    from atomskill_jax.data import sources  # first: keeps TensorFlow off GPUs
+    import tensorflow_datasets as tfds
+    from atomskill_jax.data.normalization import normalizer_from_config
+    from atomskill_jax.data.statistics import DatasetStatistics
+
+    data_config = ml_collections.ConfigDict(config_json)["data"]
+    stats = [DatasetStatistics.from_json(s) for s in statistics]
+    normalizer = normalizer_from_config(data_config, stats)
+    results = []
+    for index, directory in enumerate(dataset_dirs):
+        source = sources.open_source(directory)
+        keys = ("action_abs", "keypose", "skill_segment")
+        # Each episode's steps as one batch of arrays [T, ...] (steps is a nested dataset).
+        ds = source.builder.as_dataset(split=split).map(
+            lambda ep: ep["steps"].map(lambda st: {k: st[k] for k in keys}).batch(
+                1 << 20).get_single_element())
+
+        def norm(x, index=index):
+            return normalizer.normalize({"keypose": x}, dataset_index=index)["keypose"]
+
+        results.append(epsilon_from_episodes(tfds.as_numpy(ds), norm))
+    # Several datasets: the most conservative of each (smallest ε, longest cap).
+    out = dict(min(results, key=lambda r: r["epsilon"]))
+    out["max_skill_steps"] = max(r["max_skill_steps"] for r in results)
+    out["datasets"] = dataset_dirs
+    out["per_dataset"] = results
+    tmp = os.path.join(workdir, f"{FILENAME}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, FILENAME))
+    return out
+
+
+def ensure_calibration(workdir: str, assets: dict | None = None, *,
+                       split: str = "train") -> dict:
+    """W/calibration.json, computed (in a spawned process) if missing."""
+    existing = read_calibration(workdir)
+    if existing is not None:
+        return existing
+    if assets is None:
+        from atomskill_jax.policies.loading import read_workdir_assets
+
+        assets = read_workdir_assets(workdir)[0]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = pool.submit(_compute, workdir, list(assets["datasets"]), assets["config"],
+                             assets["statistics"], split).result()
+    log.info("calibrated epsilon=%.4f (max_skill_steps=%d) from %s", result["epsilon"],
+             result["max_skill_steps"], assets["datasets"])
+    return result
