@@ -10,6 +10,7 @@ paper: Table 9 of the AtomSkill paper (batch 256, H=32, K=32, n=8, 8 heads, φ 6
        1000 for ρ, turned into steps from the dataset's size); front + wrist RGB 224px.
 cpu:   state observations of MetaWorld rlbench6, a small model; minutes on 2 cores.
 tiny:  a few steps on the test fixture (tests/).
+bf16 compute (accelerators): --config.model.dtype=bfloat16 (parameters stay float32).
 Ablations (paper Tables 4, 5, ACT-like baseline) are the model switches
 model.contrastive.temporal / .semantic, model.decoder.predict_keypose and
 model.decoder.skill_conditioning; configs/sweeps/ablations.py sweeps them.

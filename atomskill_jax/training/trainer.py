@@ -174,6 +174,8 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
         state = checkpoints.restore_train_state(manager, latest, state, iterator)
         log.info("resumed %s from %s/%d", stage, ckpt_dir, latest)
     step = int(jax.device_get(state.step))
+    if step >= total:
+        log.info("%s stage already finished (step %d of %d); nothing to train", stage, step, total)
     sampler_modules = tuple(tc.get("sampler_modules", ("sampler", "label_head")))
     step_fn = ts.jit_train_step(
         ts.make_train_step(graphdef, tx, stage, schedule=schedule,
