@@ -15,14 +15,16 @@ Token order: cameras (config order), proprio, state, language.
 from __future__ import annotations
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
 from atomskill_jax.models.layers import MLP, compute_dtype, dense, dropout, sinusoidal_2d
 from atomskill_jax.models.resnet import ResNet
 
-_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32)
-_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+# numpy, not jnp: a jnp constant made while an importer is tracing leaks a tracer.
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def scale_images(images: jax.Array, dtype) -> jax.Array:
