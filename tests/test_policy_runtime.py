@@ -1,0 +1,163 @@
+"""AtomSkill policy at runtime: a tiny trained workdir loaded without TensorFlow, skill
+chaining through the real model, closed-loop rollouts in MetaWorld, the ACT-like path."""
+
+import functools
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from atomskill_jax.envs import metaworld as mw
+from atomskill_jax.policies import calibration
+from atomskill_jax.policies.base import TaskInfo
+from tests.tiny_model import REPO, child_env, run_child
+
+TRAIN = """
+from atomskill_jax.training import trainer
+config = tiny_train_config(sys.argv[2], skill_steps=2, sampler_steps=2)
+trainer.train(config, sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(metaworld_rlds_dir, tmp_path_factory):
+    """configs/atomskill.py:tiny trained 2+2 steps on the fixture (a child with 1 device),
+    then calibrated (in this process, which may import TensorFlow)."""
+    out = tmp_path_factory.mktemp("policy_workdir")
+    run_child(TRAIN, 1, metaworld_rlds_dir, out)
+    from atomskill_jax.policies.loading import read_workdir_assets
+
+    assets = read_workdir_assets(str(out))[0]
+    calib = calibration._compute(str(out), list(assets["datasets"]), assets["config"],
+                                 assets["statistics"], "train")
+    assert calib["eps_end"] == 0.0 and 0 < calib["epsilon"] < calib["eps_early"]
+    assert calib["end_hit_rate"] == 1.0 and calib["max_skill_steps"] >= 10
+    return str(out)
+
+
+def _obs(b, seed=0):
+    r = np.random.default_rng(seed)
+    return {"state": r.normal(size=(b, 39)).astype(np.float32),
+            "proprio": r.normal(size=(b, 4)).astype(np.float32),
+            "language_embedding": r.normal(size=(b, 384)).astype(np.float32)}
+
+
+def _infos(b, seed=0):
+    return [TaskInfo("pick-place", "pick", mw.layout_id("eval", i), seed, i) for i in range(b)]
+
+
+def test_loaded_policy_chains_skills(workdir):
+    from atomskill_jax.policies.loading import load_policy
+
+    policy = load_policy(workdir)
+    assert policy.checkpoint_step == 2 and policy.spec.name == "atomskill"
+    assert policy.epsilon == calibration.read_calibration(workdir)["epsilon"]
+    policy.reset(_infos(3))
+    a = [policy.infer(_obs(3)) for _ in range(2)]
+    assert a[0].shape == (3, 4) and np.isfinite(a[0]).all()
+    # Same episodes, same skills and actions (reset reseeds the sampler).
+    policy.reset(_infos(3))
+    np.testing.assert_allclose(policy.infer(_obs(3)), a[0], rtol=1e-6)
+
+    # The trigger is rebuilt from these at reset (no reload, no recompile).
+    # epsilon = inf: every executed action "reaches" the keypose -> a skill per step.
+    policy.epsilon = float("inf")
+    policy.reset(_infos(2))
+    for _ in range(4):
+        policy.infer(_obs(2))
+    assert policy.skill_counts()["skills"].tolist() == [4, 4]
+    # epsilon = 0: only the cap ends skills (every 3 steps here).
+    policy.epsilon, policy.max_skill_steps = 0.0, 3
+    policy.reset(_infos(2))
+    for _ in range(7):
+        policy.infer(_obs(2))
+    counts = policy.skill_counts()
+    assert counts["skills"].tolist() == [3, 3] and counts["capped"].tolist() == [2, 2]
+
+
+def test_raw_parameters_differ_from_ema(workdir):
+    from flax import nnx
+
+    from atomskill_jax.policies.loading import load_model
+
+    ema = nnx.state(load_model(workdir)[0], nnx.Param)
+    raw = nnx.state(load_model(workdir, use_ema=False)[0], nnx.Param)
+    diff = {k: float(np.abs(np.asarray(a.get_value()) - np.asarray(b.get_value())).max())
+            for (k, a), (_, b) in zip(nnx.to_flat_state(ema), nnx.to_flat_state(raw))}
+    sampler = [d for k, d in diff.items() if "sampler" in k]
+    others = [d for k, d in diff.items() if "sampler" not in k]
+    assert max(sampler) > 0 and max(others) == 0  # the sampler stage kept an EMA
+
+
+def test_loading_never_imports_tensorflow(workdir):
+    code = f"""
+import sys, numpy as np
+from atomskill_jax.policies.loading import load_policy
+from atomskill_jax.policies.base import TaskInfo
+p = load_policy({workdir!r})
+p.reset([TaskInfo('pick-place', 'pick', 1000000)])
+p.infer({{'state': np.zeros((1, 39), np.float32), 'proprio': np.zeros((1, 4), np.float32),
+          'language_embedding': np.zeros((1, 384), np.float32)}})
+assert 'tensorflow' not in sys.modules, 'tensorflow imported'
+import jax; assert jax.device_count() == 1
+print('OK')
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_closed_loop_smoke_in_metaworld(workdir):
+    from atomskill_jax.eval import evaluate
+    from atomskill_jax.policies.loading import policy_factory
+
+    factory = policy_factory(workdir, requery_every=2)
+    assert isinstance(pickle.loads(pickle.dumps(factory)), functools.partial)
+    report = evaluate(factory, ["pick-place"], episodes_per_task=2, seeds=(0,), max_steps=30,
+                      num_workers=0, checkpoint_step=2, progress=False)
+    assert len(report.results) == 2
+    for r in report.results:
+        assert r.task == "pick-place" and 1 <= r.steps <= 30
+        assert 0 <= r.stages_completed <= r.num_stages
+    assert report.meta["checkpoint_step"] == 2 and report.meta["policy"]["name"] == "atomskill"
+
+
+def test_act_like_baseline_executes_chunks(metaworld_rlds_dir):
+    """skill_conditioning=False: no sampler; the decoder runs every k steps and its
+    chunk is executed in order (randomly initialised: the path, not the numbers)."""
+    import ml_collections
+    from flax import nnx
+
+    from atomskill_jax.data.normalization import FieldStatistics, Normalizer, normalizer_keys
+    from atomskill_jax.models.atomskill import AtomSkill
+    from atomskill_jax.models.atomskill_config import tiny_model_config
+    from atomskill_jax.policies.adapters import MetaWorldDeltaAdapter
+    from atomskill_jax.policies.atomskill_policy import AtomSkillPolicy, RuntimeOptions
+
+    m = tiny_model_config()
+    m.decoder.skill_conditioning = False
+    m.cameras, m.state_dim, m.proprio_dim, m.language_dim = (), 39, 4, 384
+    config = ml_collections.ConfigDict({"model": m, "data": {
+        "action_space": "action", "image_size": (32, 32)}})
+    model = AtomSkill(m, rngs=nnx.Rngs(0))
+
+    def stats(d):
+        z = np.zeros(d, np.float32)
+        return FieldStatistics(z, z + 1, z - 1, z + 1, z - 1, z + 1)
+
+    fields = {"action": stats(4), "action_abs": stats(4), "observation/proprio": stats(4),
+              "observation/state": stats(39)}
+    normalizer = Normalizer(keys=normalizer_keys("action"), statistics=[fields])
+    policy = AtomSkillPolicy(model, config, normalizer, MetaWorldDeltaAdapter(),
+                             RuntimeOptions(requery_every=3), epsilon=0.1, max_skill_steps=10)
+    assert policy.spec.name == "act_like" and policy._sample_decode is None
+    policy.reset(_infos(2))
+    calls = []
+    decode = policy._decode
+    policy._decode = lambda *a: calls.append(1) or decode(*a)
+    chunk = np.asarray(decode(policy._state, *policy._model_inputs(_obs(2)), None)[0])
+    actions = [policy.infer(_obs(2)) for _ in range(7)]
+    assert len(calls) == 3  # steps 0, 3, 6
+    np.testing.assert_allclose(np.stack(actions[:3], 1), chunk[:, :3], rtol=1e-5, atol=1e-6)
