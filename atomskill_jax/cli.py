@@ -6,6 +6,8 @@
     atomskill train --config=configs/atomskill.py:cpu --workdir=W [--config.a.b=v ...]
     atomskill sweep --config=configs/atomskill.py:cpu --sweep=configs/sweeps/ablations.py \
         --workdir=W [--print-commands]
+    atomskill eval --workdir=W --suite=rlbench6 --episodes=20 --seeds=0,1,2
+    atomskill eval --compare W1 W2 ...
     atomskill demo
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
@@ -20,7 +22,6 @@ import os
 import sys
 
 NOT_YET = {
-    "eval": "issue 4 (skill chaining and closed-loop evaluation)",
     "export": "a later issue (inference export)",
     "serve": "a later issue (websocket policy server)",
 }
@@ -220,6 +221,12 @@ def _cmd_sweep(args) -> int:
                            print_commands=args.print_commands, overwrite=args.overwrite)
 
 
+def _cmd_eval(args) -> int:
+    from atomskill_jax.policies import eval_command
+
+    return eval_command.run(args)
+
+
 def _cmd_demo(args) -> int:
     from atomskill_jax import demo
 
@@ -233,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_stats(sub)
     _add_train_and_sweep(sub)
+    from atomskill_jax.policies import eval_command  # argparse only at import
+
+    eval_command.add_parser(sub)
     demo = sub.add_parser("demo", help="the embedded default, end to end")
     demo.add_argument("--out", default="demo_out")
     for name, where in NOT_YET.items():
@@ -242,13 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
     args.config_overrides = overrides
+    args.argv = argv  # eval records the command that made its report
     if args.command in NOT_YET:
         print(f"atomskill {args.command}: not yet available; arrives with "
               f"{NOT_YET[args.command]}", file=sys.stderr)
         return 2
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
-               "sweep": _cmd_sweep}[args.command]
+               "sweep": _cmd_sweep, "eval": _cmd_eval}[args.command]
     try:
         return handler(args)
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError,

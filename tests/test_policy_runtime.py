@@ -109,19 +109,33 @@ print('OK')
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
-def test_closed_loop_smoke_in_metaworld(workdir):
-    from atomskill_jax.eval import evaluate
+def test_closed_loop_smoke_in_metaworld_through_the_cli(workdir, tmp_path, capsys):
+    """`atomskill eval` -> evaluate -> write_report, 1 task x 2 episodes x 30 steps (the
+    loop and the metrics, not success); then `--compare` of the workdir and the report."""
+    from atomskill_jax import cli
+    from atomskill_jax.eval import load_report
     from atomskill_jax.policies.loading import policy_factory
 
     factory = policy_factory(workdir, requery_every=2)
     assert isinstance(pickle.loads(pickle.dumps(factory)), functools.partial)
-    report = evaluate(factory, ["pick-place"], episodes_per_task=2, seeds=(0,), max_steps=30,
-                      num_workers=0, checkpoint_step=2, progress=False)
+    out = tmp_path / "report"
+    argv = ["eval", f"--workdir={workdir}", "--tasks=pick-place", "--episodes=2",
+            "--max-steps=30", "--workers=0", "--requery-every=2", f"--out={out}"]
+    assert cli.main(argv) == 0
+    report = load_report(str(out))
     assert len(report.results) == 2
     for r in report.results:
         assert r.task == "pick-place" and 1 <= r.steps <= 30
         assert 0 <= r.stages_completed <= r.num_stages
-    assert report.meta["checkpoint_step"] == 2 and report.meta["policy"]["name"] == "atomskill"
+    meta = report.meta
+    assert meta["checkpoint_step"] == 2 and meta["policy"]["name"] == report.name
+    assert meta["runtime_options"]["requery_every"] == 2 and meta["calibration"]["epsilon"] > 0
+    assert "--tasks=pick-place" in meta["command"]
+    capsys.readouterr()
+    assert cli.main(["eval", "--compare", str(out), str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "pick-place" in table and table.count("checkpoint step 2") == 2
+    assert cli.main(["eval", "--compare", str(tmp_path)]) == 2  # nothing there: an error
 
 
 def test_act_like_baseline_executes_chunks(metaworld_rlds_dir):

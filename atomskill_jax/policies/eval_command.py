@@ -1,0 +1,110 @@
+"""`atomskill eval`: closed-loop evaluation of a trained workdir, or a comparison table.
+
+    atomskill eval --workdir=W --suite=rlbench6 --episodes=20 --seeds=0,1,2 [--workers=K]
+    atomskill eval --compare W1 W2 DIR3 ...     # workdirs (their latest report) or report dirs
+
+The report (JSON, CSV, markdown) goes to --out, default W/eval/<suite>-step<S>-<time>,
+and records the command, seeds, checkpoint step, runtime options, ε calibration and
+versions. This process never imports TensorFlow: ε calibration reads the dataset in
+a spawned process, rollouts run in spawned workers that load the policy themselves.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained workdir closed loop (or --compare runs)")
+    p.add_argument("--workdir", help="training workdir (atomskill train --workdir)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="MetaWorld suite, e.g. rlbench6, mt10")
+    which.add_argument("--tasks", help="comma-separated MetaWorld tasks")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task and seed")
+    p.add_argument("--seeds", default="0", help="comma-separated evaluation seeds, e.g. 0,1,2")
+    p.add_argument("--out", default=None, help="report directory (default W/eval/...)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="rollout processes (default: CPU count; 0: in this process)")
+    p.add_argument("--videos", type=int, default=0, help="videos per task (first seed)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode cap (default: task's)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--name", default=None, help="method name in tables (default: workdir name)")
+    p.add_argument("--no-ema", action="store_true", help="raw instead of EMA parameters")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="keypose trigger threshold (default: calibrated from the data)")
+    p.add_argument("--requery-every", type=int, default=1, help="decoder call every k steps")
+    p.add_argument("--max-skill-steps", type=int, default=None)
+    p.add_argument("--ensemble-m", type=float, default=None,
+                   help="temporal ensembling of chunks (ACT: 0.01); default off")
+    p.add_argument("--compare", nargs="+", metavar="RUN",
+                   help="workdirs or report directories to put in one table")
+
+
+def latest_report_dir(path: str) -> str:
+    """A report directory, or the newest report under a workdir's eval/."""
+    if os.path.exists(os.path.join(path, "report.json")):
+        return path
+    found = glob.glob(os.path.join(path, "eval", "*", "report.json"))
+    if not found:
+        raise FileNotFoundError(f"{path}: neither a report directory nor a workdir with "
+                                f"reports under eval/ (run atomskill eval --workdir={path})")
+    return os.path.dirname(max(found, key=os.path.getmtime))
+
+
+def _compare(runs) -> int:
+    from atomskill_jax.eval import compare, load_report
+
+    reports = [load_report(latest_report_dir(r)) for r in runs]
+    names = [r.name for r in reports]
+    if len(set(names)) != len(names):  # same method twice: tell runs apart by path
+        names = [f"{n} ({os.path.basename(os.path.normpath(p))})" for n, p in zip(names, runs)]
+    print(compare(reports, names=names))  # its notes give each run's step, seeds, versions
+    return 0
+
+
+def run(args) -> int:
+    if args.compare:
+        return _compare(args.compare)
+    if not args.workdir:
+        print("atomskill eval: give --workdir=W (or --compare RUN ...)", file=sys.stderr)
+        return 2
+    from atomskill_jax.envs import metaworld_tasks
+    from atomskill_jax.eval import evaluate, to_markdown, write_report
+    from atomskill_jax.policies import calibration
+    from atomskill_jax.policies.atomskill_policy import RuntimeOptions
+    from atomskill_jax.policies.loading import policy_factory, read_workdir_assets
+
+    suite = args.suite if args.suite or args.tasks else "rlbench6"
+    tasks = metaworld_tasks.resolve_tasks(suite if not args.tasks else None, args.tasks)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    workdir = os.path.abspath(args.workdir)
+    assets, _, step = read_workdir_assets(workdir, args.step)
+    calib = calibration.ensure_calibration(workdir, assets)
+    options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
+               "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
+               "name": args.name or os.path.basename(workdir)}
+    RuntimeOptions(**options)  # fail here, not in every worker
+    label = suite if not args.tasks else "tasks"
+    out = args.out or os.path.join(workdir, "eval",
+                                   f"{label}-step{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    factory = policy_factory(workdir, step=step, use_ema=not args.no_ema, **options)
+    argv = getattr(args, "argv", None)
+    command = " ".join(["atomskill"] + list(sys.argv[1:] if argv is None else argv))
+    report = evaluate(factory, tasks, args.episodes, seeds, name=options["name"],
+                      max_steps=args.max_steps, num_workers=args.workers,
+                      videos_per_task=args.videos,
+                      video_dir=os.path.join(out, "videos") if args.videos else None,
+                      checkpoint_step=step, command=command)
+    report.meta["workdir"] = workdir
+    report.meta["runtime_options"] = dict(options, use_ema=not args.no_ema)
+    report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
+    paths = write_report(report, out)
+    print(to_markdown(report))
+    print(f"report: {paths['markdown']}")
+    return 0
+
+
+__all__ = ["add_parser", "run", "latest_report_dir"]
