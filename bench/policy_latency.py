@@ -30,7 +30,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from atomskill_jax.data.normalization import FieldStatistics, Normalizer, normalizer_keys  # noqa: E402
+from atomskill_jax.data.normalization import (  # noqa: E402
+    FieldStatistics, Normalizer, normalizer_keys)
 from atomskill_jax.policies.adapters import AbsoluteAdapter  # noqa: E402
 from atomskill_jax.policies.atomskill_policy import AtomSkillPolicy, RuntimeOptions  # noqa: E402
 from atomskill_jax.policies.base import TaskInfo  # noqa: E402
