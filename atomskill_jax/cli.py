@@ -246,17 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the embedded default, end to end")
     demo.add_argument("--out", default="demo_out")
     for name, where in NOT_YET.items():
-        p = sub.add_parser(name, help=f"not yet available: {where}")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.add_parser(name, help=f"not yet available: {where}")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in NOT_YET:  # before parsing: whatever options they were given
+        print(f"atomskill {argv[0]}: not yet available; arrives with {NOT_YET[argv[0]]}",
+              file=sys.stderr)
+        return 2
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
     args.config_overrides = overrides
     args.argv = argv  # eval records the command that made its report
-    if args.command in NOT_YET:
-        print(f"atomskill {args.command}: not yet available; arrives with "
-              f"{NOT_YET[args.command]}", file=sys.stderr)
-        return 2
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
                "sweep": _cmd_sweep, "eval": _cmd_eval}[args.command]

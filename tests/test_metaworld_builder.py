@@ -114,7 +114,7 @@ def test_cli_builds_and_reports(tmp_path):
                           "--tasks=pick-plaice", f"--out={out}"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown MetaWorld task 'pick-plaice'" in bad.stderr
-    later = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "serve"],
+    later = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "serve", "--policy=W"],
                            capture_output=True, text=True, timeout=60)
     assert later.returncode == 2 and "not yet available" in later.stderr
 
