@@ -181,7 +181,11 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
         ts.make_train_step(graphdef, tx, stage, schedule=schedule,
                            ema_decay=float(tc.get("ema_decay", 0.999)),
                            sampler_modules=sampler_modules), shardings, mesh)
-    reinit_every = int(tc.get("reinit_dead_codes_every", 0)) if stage == "skill" else 0
+    # Dead codes exist only in the skill stage of a model with a codebook (not in the
+    # ACT-like baseline, which has no skill space).
+    has_codebook = bool(config.model.decoder.get("skill_conditioning", True))
+    reinit_every = (int(tc.get("reinit_dead_codes_every", 0))
+                    if stage == "skill" and has_codebook else 0)
     reinit_fn = (ts.make_reinit_dead_codes(graphdef, stage, shardings, mesh, sampler_modules)
                  if reinit_every > 0 else None)
     rng = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
