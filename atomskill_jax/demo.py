@@ -1,82 +1,86 @@
 """`atomskill demo`: the embedded default, end to end, on state observations.
 
-Today: build a small `rlbench6` MetaWorld dataset with atomic-skill annotations,
-compute its normalisation statistics, print what the skills look like, and draw
-one training batch from the input pipeline. Training and evaluation join when
-their issues land.
+Builds `rlbench6` from the MetaWorld experts (noisy execution, clean labels), shows
+the atomic skills, trains AtomSkill and the ACT-like baseline with the `cpu` config,
+evaluates both closed loop on evaluation layouts (never seen in training) and prints
+the comparison table. Each stage runs the same `atomskill` command a user would type
+(printed before it runs) and reports what it cost.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import subprocess
+import sys
 import time
 
-import jax
-import numpy as np
+EPISODES_PER_TASK = 25
+ACTION_NOISE = 0.1
+EVAL_EPISODES = 10
 
-EPISODES_PER_TASK = 3
+
+def _run(title: str, args: list[str], timings: dict) -> None:
+    print(f"\n== {title}\n$ atomskill {' '.join(args)}", flush=True)
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", *args])
+    timings[title] = time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: stage '{title}' failed (exit {proc.returncode})")
 
 
-def main(args) -> int:
-    from atomskill_jax import cli
-
-    cli._quiet_tensorflow()
+def _print_skills(dataset_dir: str) -> None:
     import tensorflow_datasets as tfds
 
-    from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
-
-    out = os.path.abspath(args.out)
-    start = time.time()
-    print(f"[1/3] building rlbench6 demonstrations ({EPISODES_PER_TASK} per task) in {out}")
-    dataset_dir, report = mwb.build(out, suite="rlbench6",
-                                    episodes_per_task=EPISODES_PER_TASK)
-    print(f"      {dataset_dir} ({time.time() - start:.0f}s)")
-
-    print("[2/3] atomic skills per task (segments: label[steps])")
     builder = tfds.builder_from_directory(dataset_dir)
-    per_task = collections.defaultdict(list)
+    per_task = {}
     for episode in tfds.as_numpy(builder.as_dataset(split="train")):
-        meta = episode["episode_metadata"]
+        task = episode["episode_metadata"]["task"].decode()
+        if task in per_task:
+            continue
         labels, lengths = [], collections.Counter()
         for step in episode["steps"]:
             seg = int(step["skill_segment"])
             if seg == len(labels):
                 labels.append(step["skill_label"].decode())
             lengths[seg] += 1
-        per_task[meta["task"].decode()].append(
-            " -> ".join(f"{lab}[{lengths[i]}]" for i, lab in enumerate(labels)))
+        per_task[task] = " -> ".join(f"{lab}[{lengths[i]}]" for i, lab in enumerate(labels))
+    print("\n== atomic skills of one episode per task (label[steps])")
     for task in sorted(per_task):
-        print(f"      {task:18s} {per_task[task][0]}")
+        print(f"   {task:18s} {per_task[task]}")
 
-    print("[3/3] normalisation statistics and one training batch")
-    _stats_and_batch(dataset_dir)
-    print(f"done in {time.time() - start:.0f}s. Training, evaluation, export and serving: "
-          "not yet available (issues 3 and 4).")
+
+def main(args) -> int:
+    from atomskill_jax import cli
+
+    cli._quiet_tensorflow()
+    out = os.path.abspath(args.out)
+    data, w_skill, w_act = (os.path.join(out, d) for d in ("data", "atomskill", "act_like"))
+    timings: dict[str, float] = {}
+    start = time.time()
+    _run("build rlbench6 demonstrations", [
+        "build-data", "metaworld", "--suite=rlbench6",
+        f"--episodes-per-task={EPISODES_PER_TASK}", f"--action-noise={ACTION_NOISE}",
+        f"--out={data}"], timings)
+    _print_skills(os.path.join(data, "metaworld_scripted", "rlbench6", "1.0.0"))
+    import configs
+
+    config_file = os.path.join(os.path.dirname(configs.__file__), "atomskill.py")
+    train = ["train", f"--config={config_file}:cpu", f"--config.data.data_dir={data}"]
+    _run("train AtomSkill (cpu config)", [*train, f"--workdir={w_skill}"], timings)
+    _run("train the ACT-like baseline (no skill tokens)", [
+        *train, f"--workdir={w_act}", "--config.model.decoder.skill_conditioning=False"],
+        timings)
+    evaluate = ["eval", "--suite=rlbench6", f"--episodes={EVAL_EPISODES}", "--seeds=0"]
+    _run("evaluate AtomSkill closed loop", [*evaluate, f"--workdir={w_skill}",
+                                            "--name=AtomSkill"], timings)
+    _run("evaluate the ACT-like baseline", [*evaluate, f"--workdir={w_act}",
+                                            "--name=ACT-like"], timings)
+    _run("compare", ["eval", "--compare", w_skill, w_act], timings)
+    print("\n== what each stage cost")
+    for title, seconds in timings.items():
+        print(f"   {title:48s} {seconds / 60:5.1f} min")
+    print(f"   {'total':48s} {(time.time() - start) / 60:5.1f} min")
+    print(f"\noutputs: dataset {data}\n         workdirs {w_skill}, {w_act} "
+          "(checkpoints, metrics.jsonl, TensorBoard events, eval/ reports)")
     return 0
-
-
-def _stats_and_batch(dataset_dir: str) -> None:
-    from atomskill_jax.data import config as data_config
-    from atomskill_jax.data import pipeline
-    from atomskill_jax.training import mesh as mesh_lib
-
-    config = data_config.default_data_config()
-    config.datasets = ({"name": dataset_dir, "weight": 1.0},)
-    config.batch_size = 64
-    pipe = pipeline.make_pipeline(config)
-    stats = pipe.statistics[0]
-    print(f"      {stats.num_episodes} episodes, {stats.num_steps} steps; statistics saved "
-          "beside the dataset")
-    for field in ("action", "action_abs", "observation/proprio"):
-        fs = stats[field]
-        print(f"      {field:20s} mean {np.round(fs.mean, 3).tolist()}  "
-              f"std {np.round(fs.std, 3).tolist()}")
-    mesh = mesh_lib.make_mesh()
-    batch = next(pipe.iterator(mesh=mesh))
-    shapes = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]}
-    print(f"      one batch on a {dict(mesh.shape)} mesh:")
-    for name in ("action_chunk", "action_chunk_mask", "skill/actions", "skill/label_id",
-                 "keypose", "observation/state", "language_embedding"):
-        print(f"        {name:22s} {shapes[name]}")
