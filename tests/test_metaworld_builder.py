@@ -10,19 +10,18 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
+from data_builders.reannotate.reannotate_dataset_builder import episode_to_numpy
 
 
 def _episodes(dataset_dir):
+    """(metadata, steps) per episode, steps stacked along time, by episode id."""
     builder = tfds.builder_from_directory(dataset_dir)
     out = []
     for ep in tfds.as_numpy(builder.as_dataset(split="train")):
-        rows = list(ep["steps"])
-        steps = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "observation"}
-        steps["observation"] = {k: np.stack([r["observation"][k] for r in rows])
-                                for k in rows[0]["observation"]}
-        meta = {k: (v.decode() if isinstance(v, bytes) else v)
-                for k, v in ep["episode_metadata"].items()}
-        out.append((meta, steps))
+        episode = episode_to_numpy(ep)
+        steps = {k: (np.asarray(v) if isinstance(v, list) else v)
+                 for k, v in episode["steps"].items()}
+        out.append((episode["episode_metadata"], steps))
     return sorted(out, key=lambda e: e[0]["episode_id"])
 
 
@@ -50,7 +49,7 @@ def test_dataset_reads_back_with_rlds_fields(metaworld_rlds_dir):
                 steps["action_abs"][idx[-1]][None], len(idx), 0))
         assert meta["num_skills"] == len(np.unique(steps["skill_segment"]))
     instructions = {m["task"]: s["language_instruction"][0] for m, s in episodes}
-    assert instructions["pick-place"] == b"pick up the puck and place it at the goal"
+    assert instructions["pick-place"] == "pick up the puck and place it at the goal"
 
 
 def test_pick_place_skills_cut_at_gripper_changes(metaworld_rlds_dir):
@@ -65,7 +64,7 @@ def test_pick_place_skills_cut_at_gripper_changes(metaworld_rlds_dir):
             np.testing.assert_array_equal(ends, changes)
             assert steps["keypose"][0, 3] == 1.0 and steps["is_keyframe"][changes[0]]
             labels = [steps["skill_label"][steps["skill_segment"] == s][0] for s in range(2)]
-            assert labels[0] == b"grasp"
+            assert labels[0] == "grasp"
         else:  # drawer-close: no gripper change, one skill
             assert changes.size == 0 and meta["num_skills"] == 1
 
