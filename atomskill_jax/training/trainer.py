@@ -183,7 +183,8 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
                            sampler_modules=sampler_modules), shardings, mesh)
     # Dead codes exist only in the skill stage of a model with a codebook (not in the
     # ACT-like baseline, which has no skill space).
-    has_codebook = bool(config.model.decoder.get("skill_conditioning", True))
+    decoder = config.model.get("decoder") or {}  # stand-in test models have none
+    has_codebook = bool(decoder.get("skill_conditioning", True))
     reinit_every = (int(tc.get("reinit_dead_codes_every", 0))
                     if stage == "skill" and has_codebook else 0)
     reinit_fn = (ts.make_reinit_dead_codes(graphdef, stage, shardings, mesh, sampler_modules)
