@@ -75,7 +75,10 @@ class ConditionalUnet1D(nnx.Module):
                 nnx.ConvTranspose(n_in, n_in, (4,), strides=(2,), padding="SAME", dtype=dtype,
                                   rngs=rngs)]))
         self.up = nnx.List(up)
-        self.final_block = ConvBlock(dims[0], dims[0], kernel, rngs=rngs, dtype=dtype)
+        # The full-resolution skip joins before the output: without it every feature must
+        # squeeze through the stride-2 path, and the denoiser cannot even learn to pass
+        # its input through (ε at high noise) in a short run.
+        self.final_block = ConvBlock(2 * dims[0], dims[0], kernel, rngs=rngs, dtype=dtype)
         self.final = conv1d(dims[0], channels, 1, rngs=rngs, dtype=dtype)
 
     def __call__(self, x, cond):
@@ -96,4 +99,5 @@ class ConditionalUnet1D(nnx.Module):
         for res1, res2, upsample in self.up:
             x = jnp.concatenate([x, skips.pop()], axis=-1)
             x = upsample(res2(res1(x, cond), cond))
+        x = jnp.concatenate([x, skips[0]], axis=-1)
         return self.final(self.final_block(x))
