@@ -78,6 +78,9 @@ def default_model_config() -> ml_collections.ConfigDict:
         "beta_end": 0.02,
         "ddim_steps": 10,
         "ddim_eta": 0.0,  # 0: deterministic DDIM
+        # DDIM's x0 estimate is clipped to ±this (targets are standardised code vectors):
+        # at the first step ᾱ_t ~ 1e-7, and an unclipped estimate (x - √(1-ᾱ)ε)/√ᾱ blows up.
+        "clip_x0": 4.0,
         "unet_channel_mults": (1, 2),  # UNet widths = d_model * mult; one halving per extra level
         "unet_kernel": 3,
         "cond_dim": 256,  # FiLM conditioning vector width

@@ -87,6 +87,7 @@ class SkillSampler(nnx.Module):
         self.label_source = str(cfg.label_source)
         self.default_ddim_steps = int(cfg.ddim_steps)
         self.ddim_eta = float(cfg.ddim_eta)
+        self.clip_x0 = float(cfg.get("clip_x0", 0.0))  # <= 0: no clipping
         self.default_guidance = float(cfg.guidance_scale)
         self.dtype = dtype
 
@@ -173,6 +174,9 @@ class SkillSampler(nnx.Module):
                 eps_cond, eps_null = jnp.split(eps, 2)
                 eps = eps_null + guidance * (eps_cond - eps_null)
             x0 = (x - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+            if self.clip_x0 > 0:
+                x0 = jnp.clip(x0, -self.clip_x0, self.clip_x0)
+                eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)  # consistent with x0
             sigma = self.ddim_eta * jnp.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
             direction = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0)) * eps
             x = jnp.sqrt(a_prev) * x0 + direction + sigma * jax.random.normal(k, x.shape)
