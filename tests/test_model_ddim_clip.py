@@ -14,6 +14,7 @@ def _sample(clip):
     config = tiny_model_config()
     config.sampler.clip_x0 = clip
     config.sampler.beta_schedule = "cosine"
+    config.sampler.prediction_type = "epsilon"  # random ε blows up without the clip
     sampler = SkillSampler(config, rngs=nnx.Rngs(0))
     obs = jax.random.normal(jax.random.key(1), (4, 3, config.d_model))
     return sampler.sample(jax.random.key(2), obs, (4, 2, config.d_model))

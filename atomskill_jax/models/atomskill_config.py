@@ -78,6 +78,8 @@ def default_model_config() -> ml_collections.ConfigDict:
         "beta_end": 0.02,
         "ddim_steps": 10,
         "ddim_eta": 0.0,  # 0: deterministic DDIM
+        # "sample": the UNet predicts the clean tokens x0; "epsilon": the noise (see diffusion.py)
+        "prediction_type": "sample",
         # DDIM's x0 estimate is clipped to ±this (targets are standardised code vectors):
         # at the first step ᾱ_t ~ 1e-7, and an unclipped estimate (x - √(1-ᾱ)ε)/√ᾱ blows up.
         "clip_x0": 4.0,
