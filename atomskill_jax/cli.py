@@ -8,6 +8,7 @@
         --workdir=W [--print-commands]
     atomskill eval --workdir=W --suite=rlbench6 --episodes=20 --seeds=0,1,2
     atomskill eval --compare W1 W2 ...
+    atomskill reproduce table1 --out=DIR [--print-commands]   # table1 | table4 | table5
     atomskill demo
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     from atomskill_jax.policies import eval_command  # argparse only at import
 
     eval_command.add_parser(sub)
+    from atomskill_jax.eval import reproduce  # its parser; the work imports inside run
+
+    reproduce.add_parser(sub)
     demo = sub.add_parser("demo", help="the embedded default, end to end")
     demo.add_argument("--out", default="demo_out")
     for name, where in NOT_YET.items():
@@ -258,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # eval records the command that made its report
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
-               "sweep": _cmd_sweep, "eval": _cmd_eval}[args.command]
+               "sweep": _cmd_sweep, "eval": _cmd_eval,
+               "reproduce": reproduce.run}[args.command]
     try:
         return handler(args)
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError,
