@@ -196,3 +196,20 @@ def test_table1_end_to_end_then_everything_is_reused(metaworld_rlds_dir, tmp_pat
         assert f"== evaluate {run}: reusing the report" in second
     assert state() == before  # no checkpoint, report or calibration written again
     assert (out / "table1.md").read_text() == table
+
+
+def test_training_seeds_pool_into_one_row():
+    from atomskill_jax.eval import report as report_lib
+    from atomskill_jax.eval.metrics import EpisodeResult
+
+    def rep(success):
+        results = [EpisodeResult("pick-place", s, 0, 0, success, 3 if success else 1, 3, 10)
+                   for s in (0, 1)]
+        return report_lib.Report("x", ["pick-place"], [0, 1], 1, results,
+                                 meta={"checkpoint_step": 5, "command": "c"})
+
+    merged = reproduce.merged_report("full", [rep(True), rep(False)], [0, 1])
+    assert merged.name == "full" and merged.seeds == [0, 1, 1000, 1001]
+    sr = merged.summary()["tasks"]["pick-place"]["sr"]
+    assert sr.n == 4 and sr.mean == 0.5  # both training runs, every eval seed
+    assert reproduce.merged_report("full", [rep(True)], [0]).seeds == [0]
