@@ -212,4 +212,4 @@ def test_training_seeds_pool_into_one_row():
     assert merged.name == "full" and merged.seeds == [0, 1, 1000, 1001]
     sr = merged.summary()["tasks"]["pick-place"]["sr"]
     assert sr.n == 4 and sr.mean == 0.5  # both training runs, every eval seed
-    assert reproduce.merged_report("full", [rep(True)], [0]).seeds == [0]
+    assert reproduce.merged_report("full", [rep(True)], [0]).seeds == [0, 1]  # as evaluated
