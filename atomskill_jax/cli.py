@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     from atomskill_jax.policies import eval_command  # argparse only at import
 
     eval_command.add_parser(sub)
+    from atomskill_jax.eval import plot_command  # argparse only at import
+
+    plot_command.add_parser(sub)
     from atomskill_jax.eval import reproduce  # its parser; the work imports inside run
 
     reproduce.add_parser(sub)
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # eval records the command that made its report
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
-               "sweep": _cmd_sweep, "eval": _cmd_eval,
+               "sweep": _cmd_sweep, "eval": _cmd_eval, "plot": plot_command.run,
                "reproduce": reproduce.run}[args.command]
     try:
         return handler(args)
