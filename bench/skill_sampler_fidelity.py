@@ -1,11 +1,13 @@
 """How much of the decoder's accuracy survives when skills are sampled, not encoded.
 
     python bench/skill_sampler_fidelity.py --workdir=W [--data=DATASET_DIR] [--batch=256]
+        [--where=start|any]
 
 On training examples of a trained AtomSkill workdir, compares the skill tokens the
 diffusion sampler draws from the observation with the tokens the skill encoder gives
 for the true segment, and the decoder's chunk L1 with encoded, sampled and random
-codebook tokens. Closed-loop success needs "sampled" close to "encoded"; "sampled"
+codebook tokens. `--where=start` (default) keeps only examples at the first step of
+their skill, where the policy samples; `any` takes every step. Closed-loop success needs "sampled" close to "encoded"; "sampled"
 near "random" means the sampled skills carry no usable information. Prints a table.
 """
 
@@ -24,12 +26,27 @@ def _chunk_l1(chunk, batch) -> float:
     return float(err.sum() / (mask.sum() * err.shape[-1]))
 
 
+def _examples(iterator, count: int, *, at_start: bool) -> dict:
+    """`count` examples; with `at_start`, only those at the first step of their skill."""
+    parts, have = [], 0
+    while have < count:
+        batch = iterator.next_local()
+        if at_start:
+            keep = np.flatnonzero(batch["timestep"] == batch["skill"]["start"])
+            batch = jax.tree.map(lambda x, keep=keep: x[keep], batch)
+        parts.append(batch)
+        have += len(batch["timestep"])
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:count], *parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data", default=None, help="dataset version dir (default: training's)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--samples", type=int, default=3, help="sampler draws to average")
+    parser.add_argument("--where", choices=("start", "any"), default="start",
+                        help="examples at skill starts only (where skills are sampled) or all")
     args = parser.parse_args()
 
     from atomskill_jax.data import pipeline
@@ -42,7 +59,8 @@ def main() -> None:
         data.data_dir = ""
     data.batch_size = args.batch
     data.seed = 1  # a shuffled batch spread over episodes and skills
-    batch = pipeline.make_pipeline(data, train=True).iterator().next_local()
+    batch = _examples(pipeline.make_pipeline(data, train=True).iterator(), args.batch,
+                      at_start=args.where == "start")
     obs, lang = batch["observation"], batch["language_embedding"]
 
     encoded, encoded_idx = model.encode_skill(batch)
@@ -63,7 +81,8 @@ def main() -> None:
         ("chunk L1, random codebook tokens", _chunk_l1(
             model.predict_actions(obs, lang, random_tokens)[0], batch), "no information"),
     ]
-    print(f"workdir {args.workdir} (step {step}), {args.batch} training examples")
+    where = "at skill starts" if args.where == "start" else "at any step"
+    print(f"workdir {args.workdir} (step {step}), {args.batch} training examples {where}")
     print(f"| {'measure':34s} | {'value':>7s} | note |\n|{'-' * 36}|{'-' * 9}|------|")
     for name, value, note in rows:
         print(f"| {name:34s} | {value:7.3f} | {note} |")

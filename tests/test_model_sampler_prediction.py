@@ -63,3 +63,37 @@ def test_loss_targets_follow_the_prediction_type(prediction_type):
 def test_unknown_prediction_type_is_refused():
     with pytest.raises(ValueError, match="prediction_type"):
         _sampler("v")
+
+
+def test_skill_step_conditioning_reaches_the_pooled_features():
+    sampler, config = _sampler("sample", condition_on_skill_step=True, max_skill_step=8)
+    obs = jax.random.normal(jax.random.key(1), (3, 3, config.d_model))
+    at_start = sampler.pool(obs)  # sampling: no step given = a skill's first step
+    assert jnp.allclose(at_start, sampler.pool(obs, jnp.zeros((3,), jnp.int32)))
+    later = sampler.pool(obs, jnp.array([0, 4, 8]))
+    assert jnp.allclose(later[0], at_start[0])
+    assert not jnp.allclose(later[1], at_start[1], atol=1e-4)
+    assert jnp.allclose(sampler.pool(obs, jnp.array([0, 4, 50]))[2], later[2])  # clipped at 8
+    plain, _ = _sampler("sample", condition_on_skill_step=False)
+    assert jnp.allclose(plain.pool(obs, jnp.array([0, 4, 8])), plain.pool(obs))
+
+
+def test_sampler_stage_feeds_steps_since_the_skill_began():
+    from atomskill_jax.models.atomskill import AtomSkill, fake_batch
+
+    config = tiny_model_config()
+    config.sampler.condition_on_skill_step = True
+    model = AtomSkill(config, rngs=nnx.Rngs(0))
+    batch = fake_batch(config, 4)
+    seen = []
+    original = model.sampler.loss
+
+    def spy(*args, skill_step=None, **kwargs):
+        seen.append(skill_step)
+        return original(*args, skill_step=skill_step, **kwargs)
+
+    model.sampler.loss = spy
+    model.compute_loss(jax.random.key(0), batch, train=False, stage="sampler")
+    expected = batch["timestep"] - batch["skill"]["start"]
+    assert seen and jnp.array_equal(seen[0], expected)
+    assert int(jnp.max(expected)) > 0  # the fake batch has examples past a skill's start

@@ -57,7 +57,10 @@ class TinyModel(nnx.Module):
         self.usage = CodeUsage(jnp.zeros((c.codebook_size,)))
         self.obs_encoder = _dense(obs_dim, d, rngs)
         self.action_decoder = _dense(d + n * d, (c.horizon + 1) * c.action_dim, rngs, shard=True)
-        self.sampler = _dense(d, n * d, rngs, shard=True)
+        if int(c.get("sampler_layers", 1)) == 2:  # a different sampler, same skill model
+            self.sampler = nnx.Sequential(_dense(d, d, rngs), _dense(d, n * d, rngs, shard=True))
+        else:
+            self.sampler = _dense(d, n * d, rngs, shard=True)
 
     def _obs(self, batch):
         parts = [batch["observation"]["proprio"]]

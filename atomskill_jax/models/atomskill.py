@@ -57,6 +57,7 @@ class AtomSkill(nnx.Module):
         c = config.contrastive
         self.contrastive = (bool(c.temporal), bool(c.semantic), float(c.temperature))
         self.num_tokens = int(config.skill_encoder.num_tokens)
+        self.token_corruption = float(config.decoder.get("skill_token_corruption", 0.0))
         self.d_model = int(config.d_model)
 
     # -- losses -------------------------------------------------------------------
@@ -78,6 +79,8 @@ class AtomSkill(nnx.Module):
             z_e = self.skill_encoder(batch["skill"]["actions"], train=train, rngs=rngs)
             q = self.vq(z_e, update_state=train)
             skill_tokens = q.straight_through
+            if train and self.token_corruption > 0:
+                skill_tokens = self._corrupt_tokens(jax.random.fold_in(rng, 7), skill_tokens)
             total += w["vq"] * q.loss
             metrics.update(q.metrics, vq=q.loss)
             temporal, semantic, temperature = self.contrastive
@@ -106,11 +109,25 @@ class AtomSkill(nnx.Module):
         codes, indices = self.vq.quantize(z_e)
         mean, scale = codebook_standardisation(self.vq.codebook[...])
         x0 = (sg(codes) - mean) / scale
+        skill_step = batch["timestep"] - batch["skill"]["start"]
         diffusion, ce, metrics = self.sampler.loss(rng, obs, x0, batch["skill"]["label_id"],
-                                                   train=train)
+                                                   train=train, skill_step=skill_step)
         total = self.weights["diffusion"] * diffusion + self.weights["label_head"] * ce
         metrics["loss"] = total
         return total, metrics
+
+    def _corrupt_tokens(self, key, tokens):
+        """Each skill token replaced, with probability `decoder.skill_token_corruption`,
+        by a uniformly drawn codebook vector (ψ's input only; φ and VQ see the true
+        segment). At test time ψ gets tokens from ρ, which match the encoder's only in
+        part; trained on teacher-forced tokens alone, ψ trusted them over the observation
+        (closing the gripper above the object when a sampled token was off)."""
+        mask_key, code_key = jax.random.split(key)
+        b, n = tokens.shape[:2]
+        codebook = jax.lax.stop_gradient(self.vq.codebook[...])
+        random_codes = codebook[jax.random.randint(code_key, (b, n), 0, codebook.shape[0])]
+        corrupt = jax.random.bernoulli(mask_key, self.token_corruption, (b, n))[..., None]
+        return jnp.where(corrupt, random_codes.astype(tokens.dtype), tokens)
 
     # -- inference ----------------------------------------------------------------
     def encode_skill(self, batch, train: bool = False):

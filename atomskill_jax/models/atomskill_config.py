@@ -62,6 +62,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         "action_layers": 7,  # block two: positional queries x fused observation
         "skill_conditioning": True,  # False: ACT-like baseline without skill tokens
         "predict_keypose": True,
+        # Training only: each skill token fed to ψ is replaced by a random code with this
+        # probability, so ψ stays usable with imperfectly sampled skills (not in the paper;
+        # see AtomSkill._corrupt_tokens). 0 = the paper.
+        "skill_token_corruption": 0.0,
     })
     c.loss_weights = ml_collections.ConfigDict({
         "vq": 1.0,
@@ -80,6 +84,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         "ddim_eta": 0.0,  # 0: deterministic DDIM
         # "sample": the UNet predicts the clean tokens x0; "epsilon": the noise (see diffusion.py)
         "prediction_type": "sample",
+        # Pooled features carry the steps since the skill began (0 when sampling); see
+        # diffusion.py. Clipped at max_skill_step.
+        "condition_on_skill_step": True,
+        "max_skill_step": 64,
         # DDIM's x0 estimate is clipped to ±this (targets are standardised code vectors):
         # at the first step ᾱ_t ~ 1e-7, and an unclipped estimate (x - √(1-ᾱ)ε)/√ᾱ blows up.
         "clip_x0": 4.0,

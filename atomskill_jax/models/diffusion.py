@@ -27,6 +27,15 @@ classifier-free guidance works: ε = ε_null + g (ε_label - ε_null), g =
 `sampler.guidance_scale` (1.0 = plain conditional sampling, one UNet pass).
 `sampler.label_source`: "predicted" (label head argmax) or "none" (always the null
 label); `sample(..., label_id=...)` also accepts given labels.
+
+Where in the skill (our addition, `sampler.condition_on_skill_step`): ρ is trained on
+every step of a segment (the target is the whole segment's tokens), yet the policy
+samples only at a skill's first step. Mid-segment, the observation says little about
+where the segment began, so the training distribution is broader than the one sampled
+from. The pooled features therefore carry an embedding of the steps since the skill
+began (clipped at `max_skill_step`): ρ and the label head learn from every step, and
+sampling asks for step 0. Measured on a cpu model before the change: sampled tokens
+matched the encoded ones 62% of the time at any step but 55% at skill starts.
 """
 
 from __future__ import annotations
@@ -91,6 +100,9 @@ class SkillSampler(nnx.Module):
         self.unet = ConditionalUnet1D(d, 3 * c, [d * int(m) for m in cfg.unet_channel_mults],
                                       kernel=int(cfg.unet_kernel), rngs=rngs, dtype=dtype)
         self.label_head = MLP(d, int(cfg.label_head_hidden), self.num_labels, rngs=rngs, dtype=dtype)
+        self.max_skill_step = int(cfg.get("max_skill_step", 64))
+        self.skill_step_proj = (dense(d, d, rngs=rngs, dtype=dtype)
+                                if cfg.get("condition_on_skill_step", False) else None)
         self.d_model = d
         self.num_train_timesteps = int(cfg.num_train_timesteps)
         self.betas = tuple(float(b) for b in beta_schedule(  # static: part of the graph
@@ -107,11 +119,20 @@ class SkillSampler(nnx.Module):
         return jnp.cumprod(1.0 - jnp.asarray(self.betas, jnp.float32))
 
     # -- conditioning -------------------------------------------------------------
-    def pool(self, obs_tokens) -> jax.Array:
-        """Attention-pooled observation features [B, d] (from frozen tokens)."""
-        q = jnp.broadcast_to(self.pool_query[...], (obs_tokens.shape[0], 1, self.d_model))
+    def pool(self, obs_tokens, skill_step=None) -> jax.Array:
+        """Attention-pooled observation features [B, d] (from frozen tokens), plus the
+        embedding of the steps since the skill began when that conditioning is on
+        (`skill_step` [B]; None = 0, a skill's first step, where skills are sampled)."""
+        b = obs_tokens.shape[0]
+        q = jnp.broadcast_to(self.pool_query[...], (b, 1, self.d_model))
         tokens = obs_tokens.astype(self.dtype)
-        return self.pool_norm(self.pool_attn(q.astype(self.dtype), tokens, tokens)[:, 0])
+        pooled = self.pool_norm(self.pool_attn(q.astype(self.dtype), tokens, tokens)[:, 0])
+        if self.skill_step_proj is None:
+            return pooled
+        step = jnp.zeros((b,), jnp.int32) if skill_step is None else skill_step
+        step = jnp.clip(jnp.asarray(step, jnp.int32), 0, self.max_skill_step)
+        return pooled + self.skill_step_proj(
+            sinusoidal_embedding(step, self.d_model).astype(self.dtype))
 
     def label_logits(self, pooled) -> jax.Array:
         return self.label_head(pooled).astype(jnp.float32)
@@ -124,11 +145,13 @@ class SkillSampler(nnx.Module):
         return self.unet(x.astype(self.dtype), mish(cond)).astype(jnp.float32)
 
     # -- training (eq. 15) --------------------------------------------------------
-    def loss(self, key, obs_tokens, x0, labels, *, train: bool) -> tuple[jax.Array, jax.Array, dict]:
-        """(x0- or ε-prediction MSE, label-head cross-entropy, metrics); x0 [B, n, d] standardised."""
+    def loss(self, key, obs_tokens, x0, labels, *, train: bool,
+             skill_step=None) -> tuple[jax.Array, jax.Array, dict]:
+        """(x0- or ε-prediction MSE, label-head cross-entropy, metrics); x0 [B, n, d]
+        standardised; `skill_step` [B]: steps since each example's skill began."""
         t_key, noise_key, drop_key = jax.random.split(key, 3)
         b = x0.shape[0]
-        pooled = self.pool(obs_tokens)
+        pooled = self.pool(obs_tokens, skill_step)
         t = jax.random.randint(t_key, (b,), 0, self.num_train_timesteps)
         noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
         ab = self.alphas_cumprod()[t][:, None, None]

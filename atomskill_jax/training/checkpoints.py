@@ -118,15 +118,25 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     return restored["train_state"]
 
 
-def restore_params(directory: str, abstract_params, step: int | None = None) -> Any:
-    """The `params` item of a checkpoint directory (latest step unless given)."""
+def restore_params(directory: str, abstract_params, step: int | None = None, *,
+                   partial: bool = False) -> Any:
+    """The `params` item of a checkpoint directory (latest step unless given).
+
+    `partial`: `abstract_params` may be a subset of what was saved; only that subset
+    is read (the sampler stage takes the skill model and leaves the sampler fresh).
+    """
     manager = make_manager(directory, keep=0, async_save=False, read_only=True)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {directory}")
     try:
-        return manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params)))["params"], step
+        if partial:
+            args = ocp.args.PyTreeRestore(
+                item=abstract_params, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params))
+        else:
+            args = ocp.args.StandardRestore(abstract_params)
+        return manager.restore(step, args=ocp.args.Composite(params=args))["params"], step
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"parameters of checkpoint {directory}/{step} cannot be "
                               f"restored ({type(err).__name__}: {str(err)[:800]})") from err

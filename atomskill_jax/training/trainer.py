@@ -126,12 +126,18 @@ def _assets(config, pipeline, stage: str, mesh) -> dict:
 
 
 def _skill_params(config, workdir: str, mesh):
-    """The skill stage's final model variables, the starting point of the sampler."""
+    """The skill stage's final model variables outside the sampler modules, the
+    starting point of the sampler stage. The sampler modules start from their fresh
+    initialisation, so a sampler whose config changed trains on an existing skill
+    model (`train.init_from`) without retraining it."""
     source = config.train.get("init_from") or os.path.join(workdir, "skill", "checkpoints")
     ts.model_class(config)  # imported outside the trace below
-    abstract = nnx.state(nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))))
+    sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
+    outside = nnx.Not(nnx.Any(*(nnx.PathContains(m) for m in sampler_modules)))
+    abstract = nnx.state(nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))),
+                         outside)
     target = ts.with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
-    params, step = checkpoints.restore_params(source, target)
+    params, step = checkpoints.restore_params(source, target, partial=True)
     log.info("sampler stage starts from the skill model of %s step %d", source, step)
     return params
 

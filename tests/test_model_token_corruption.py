@@ -1,0 +1,47 @@
+"""Skill-token corruption (training ψ on partly wrong skills): each token is replaced by
+a codebook vector at the configured rate, only in training, and 0 changes nothing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from atomskill_jax.models.atomskill import AtomSkill, fake_batch
+from atomskill_jax.models.atomskill_config import tiny_model_config
+
+
+def _model(rate):
+    config = tiny_model_config()
+    config.decoder.skill_token_corruption = rate
+    return AtomSkill(config, rngs=nnx.Rngs(0)), config
+
+
+def _is_codebook_row(tokens, codebook):
+    dist = ((np.asarray(tokens)[..., None, :] - np.asarray(codebook)) ** 2).sum(-1)
+    return dist.min(-1) < 1e-10
+
+
+def test_corruption_rate_replaces_tokens_by_codes():
+    model, config = _model(0.5)
+    codebook = model.vq.codebook[...]
+    tokens = 5.0 + jax.random.normal(jax.random.key(0), (400, 4, config.d_model))  # off-book
+    out = model._corrupt_tokens(jax.random.key(1), tokens)
+    replaced = _is_codebook_row(out, codebook)
+    kept = np.all(np.asarray(out) == np.asarray(tokens), axis=-1)
+    assert np.all(replaced | kept) and not np.any(replaced & kept)
+    assert 0.45 < replaced.mean() < 0.55
+    model.token_corruption = 1.0
+    assert _is_codebook_row(model._corrupt_tokens(jax.random.key(1), tokens), codebook).all()
+
+
+def test_corruption_only_in_training():
+    batch = fake_batch(tiny_model_config(), 4)
+    clean, _ = _model(0.0)
+    noisy, _ = _model(0.9)  # same seed: same parameters
+    key = jax.random.key(0)
+    loss_eval = [m.compute_loss(key, batch, train=False)[1]["action_l1"] for m in (clean, noisy)]
+    assert jnp.allclose(loss_eval[0], loss_eval[1])
+    clean, _ = _model(0.0)
+    noisy, _ = _model(0.9)
+    loss_train = [m.compute_loss(key, batch, train=True)[1]["action_l1"] for m in (clean, noisy)]
+    assert not jnp.allclose(loss_train[0], loss_train[1])

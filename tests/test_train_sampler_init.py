@@ -1,0 +1,40 @@
+"""The sampler stage starts from the skill stage's model but not from its sampler: a
+sampler whose shape changed trains on an existing skill checkpoint (`train.init_from`),
+and every variable outside the sampler is the skill checkpoint's."""
+
+import jax
+import numpy as np
+
+from atomskill_jax.training import checkpoints, trainer
+from tests.tiny_model import tiny_train_config
+
+
+def _flat(state):
+    return {"/".join(map(str, path)): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def test_changed_sampler_trains_on_an_existing_skill_model(metaworld_rlds_dir, tmp_path):
+    skill_run = tmp_path / "skill_run"
+    config = tiny_train_config(metaworld_rlds_dir, real_model=False)
+    config.stage = "skill"
+    trainer.train(config, str(skill_run))
+
+    config = tiny_train_config(metaworld_rlds_dir, real_model=False,
+                               init_from=str(skill_run / "skill" / "checkpoints"))
+    config.stage = "sampler"
+    with config.unlocked():
+        config.model.sampler_layers = 2  # the skill checkpoint's sampler has one layer
+    result = trainer.train(config, str(tmp_path / "sampler_run"))
+    assert result["sampler"]["step"] == 2
+
+    skill_params, _ = checkpoints.restore_params(str(skill_run / "skill" / "checkpoints"), None)
+    sampler_params, _ = checkpoints.restore_params(
+        str(tmp_path / "sampler_run" / "sampler" / "checkpoints"), None)
+    before, after = _flat(skill_params), _flat(sampler_params)
+    # (the stand-in also counts code usage in the sampler stage; the real model does not)
+    outside = [k for k in before if "sampler" not in k and "usage" not in k]
+    assert any("codebook" in k for k in outside) and any("skill_encoder" in k for k in outside)
+    for key in outside:  # frozen in this stage: exactly the skill model
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    assert any("sampler" in k and "layers" in k for k in after)  # the new, two-layer sampler
