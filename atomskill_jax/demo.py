@@ -2,7 +2,8 @@
 
 Builds `rlbench6` from the MetaWorld experts (noisy execution, clean labels), shows
 the atomic skills, trains AtomSkill and the ACT-like baseline with the `cpu` config,
-evaluates both closed loop on evaluation layouts (never seen in training) and prints
+evaluates both closed loop on evaluation layouts (never seen in training), plots
+AtomSkill's skill embeddings (t-SNE) and one segmented episode per task, and prints
 the comparison table. Each stage runs the same `atomskill` command a user would type
 (printed before it runs) and reports what it cost.
 """
@@ -76,11 +77,14 @@ def main(args) -> int:
                                             "--name=AtomSkill"], timings)
     _run("evaluate the ACT-like baseline", [*evaluate, f"--workdir={w_act}",
                                             "--name=ACT-like"], timings)
+    _run("plot skill embeddings (t-SNE) and segmentations", [
+        "plot", f"--workdir={w_skill}"], timings)
     _run("compare", ["eval", "--compare", w_skill, w_act], timings)
     print("\n== what each stage cost")
     for title, seconds in timings.items():
         print(f"   {title:48s} {seconds / 60:5.1f} min")
     print(f"   {'total':48s} {(time.time() - start) / 60:5.1f} min")
     print(f"\noutputs: dataset {data}\n         workdirs {w_skill}, {w_act} "
-          "(checkpoints, metrics.jsonl, TensorBoard events, eval/ reports)")
+          "(checkpoints, metrics.jsonl, TensorBoard events, eval/ reports,\n"
+          f"         plots/ of {w_skill}: skill t-SNE, segmentations)")
     return 0

@@ -77,6 +77,35 @@ def test_loaded_policy_chains_skills(workdir):
     assert counts["skills"].tolist() == [3, 3] and counts["capped"].tolist() == [2, 2]
 
 
+def test_resampling_within_a_skill(workdir):
+    """resample_every=r: the current skill is sampled again every r steps with the steps
+    since it began (r, 2r, ...), without counting as a new skill; r=0 never does."""
+    from atomskill_jax.policies.loading import load_policy
+
+    def sampled_at(resample_every, steps=7):
+        policy = load_policy(workdir, resample_every=resample_every)
+        policy.epsilon, policy.max_skill_steps = 0.0, 100  # no trigger, no cap
+        policy.reset(_infos(2))
+        calls, original = [], policy._sample_decode
+
+        def spy(*args):
+            calls.append((len(calls), np.asarray(args[6]).tolist(), np.asarray(args[7]).tolist()))
+            return original(*args)
+
+        policy._sample_decode = spy
+        step_of_call = []
+        for t in range(steps):
+            before = len(calls)
+            policy.infer(_obs(2, seed=t))
+            if len(calls) > before:
+                step_of_call.append((t, calls[-1][2]))
+        assert policy.skill_counts()["skills"].tolist() == [1, 1]
+        return step_of_call
+
+    assert sampled_at(3) == [(0, [0, 0]), (3, [3, 3]), (6, [6, 6])]
+    assert sampled_at(0) == [(0, [0, 0])]
+
+
 def test_raw_parameters_differ_from_ema(workdir):
     from flax import nnx
 

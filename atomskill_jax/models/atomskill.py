@@ -137,13 +137,14 @@ class AtomSkill(nnx.Module):
         return codes, indices
 
     def sample_skill(self, rng, observation, language_embedding, num_steps: int | None = None,
-                     guidance: float | None = None, *, label_id=None):
-        """Skill tokens [B, n, d] sampled by ρ (DDIM) and snapped onto the codebook."""
+                     guidance: float | None = None, *, label_id=None, skill_step=None):
+        """Skill tokens [B, n, d] sampled by ρ (DDIM) and snapped onto the codebook;
+        `skill_step` [B] re-samples the current skill that many steps in (None: new)."""
         self._require_skills("sample_skill")
         obs = self.obs_encoder(observation, language_embedding)
         b = obs.shape[0]
         x = self.sampler.sample(rng, obs, (b, self.num_tokens, self.d_model), num_steps=num_steps,
-                                guidance=guidance, label_id=label_id)
+                                guidance=guidance, label_id=label_id, skill_step=skill_step)
         mean, scale = codebook_standardisation(self.vq.codebook[...])
         codes, _ = self.vq.quantize(x * scale + mean)
         return codes

@@ -182,14 +182,15 @@ class SkillSampler(nnx.Module):
         return jnp.argmax(self.label_logits(pooled), axis=-1).astype(jnp.int32)
 
     def sample(self, key, obs_tokens, shape, *, num_steps: int | None = None,
-               guidance: float | None = None, label_id=None) -> jax.Array:
+               guidance: float | None = None, label_id=None, skill_step=None) -> jax.Array:
         """DDIM from noise to standardised tokens [B, n, d] (not yet quantised).
 
-        `num_steps` and `guidance` are Python numbers (they shape the graph).
+        `num_steps` and `guidance` are Python numbers (they shape the graph);
+        `skill_step` [B]: steps since the skill began (None: 0, a new skill).
         """
         num_steps = self.default_ddim_steps if num_steps is None else int(num_steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
-        pooled = self.pool(obs_tokens)
+        pooled = self.pool(obs_tokens, skill_step)
         labels = self.choose_labels(pooled, label_id)
         b = shape[0]
         if guidance != 1.0:  # conditional and null-label passes in one batch

@@ -11,6 +11,14 @@ a skill (default 1: every step, our reading of the paper, whose trigger is evalu
 on each step's predicted next action), optionally with ACT's temporal ensembling of
 overlapping chunks (`ensemble_m`). The bookkeeping lives in `chaining` (numpy).
 
+Re-sampling within a skill (`resample_every` = r > 0; not in the paper): every r steps
+of a skill its tokens are drawn again, the sampler told how many steps into the skill
+it is (`sampler.condition_on_skill_step`). The skill keeps its step count and trigger;
+only its tokens follow the current observation. Held skills (r = 0, the paper) leave a
+wrong draw in charge until the keypose is reached, and a missed grasp is retried with
+the same wrong tokens (measured, cpu config, rlbench6 eval layouts, 10 episodes per
+task: 55% success held, 83% with r = 8).
+
 Batching: environments in different phases share one jitted call. A call that must
 start a skill anywhere runs sampler + decoder for the whole batch and keeps the new
 tokens only where a skill starts (masks); otherwise only the decoder runs. Both
@@ -50,6 +58,10 @@ class RuntimeOptions:
     max_skill_steps: int | None = None  # None: the calibration's (1.5 x longest segment)
     min_skill_steps: int = 1
     ensemble_m: float | None = None  # temporal ensembling (ACT: 0.01); None: off
+    # r > 0: the current skill is sampled again every r steps, ρ told how far into the
+    # skill it is (needs sampler.condition_on_skill_step); 0: held until the trigger
+    # (the paper).
+    resample_every: int = 0
     num_steps: int | None = None  # DDIM steps (None: config)
     guidance: float | None = None  # classifier-free guidance (None: config)
     seed: int = 0
@@ -89,10 +101,11 @@ class AtomSkillPolicy(Policy):
             model = nnx.merge(graphdef, state)
             return model.predict_actions(obs, lang, tokens)
 
-        def sample_decode(state, key, counter, obs, lang, tokens, starting):
+        def sample_decode(state, key, counter, obs, lang, tokens, starting, skill_step):
             model = nnx.merge(graphdef, state)
             new = model.sample_skill(jax.random.fold_in(key, counter), obs, lang,
-                                     num_steps=num_steps, guidance=guidance)
+                                     num_steps=num_steps, guidance=guidance,
+                                     skill_step=skill_step)
             tokens = jnp.where(starting[:, None, None], new, tokens)
             chunk, keypose = model.predict_actions(obs, lang, tokens)
             return tokens, chunk, keypose
@@ -137,7 +150,7 @@ class AtomSkillPolicy(Policy):
         if self.skills:
             tokens = jnp.zeros((b, self._num_tokens, self._d_model), jnp.float32)
             out = self._sample_decode(self._state, jax.random.PRNGKey(0), 0, obs, lang, tokens,
-                                      np.ones(b, bool))
+                                      np.ones(b, bool), np.zeros(b, np.int32))
             out = self._decode(self._state, obs, lang, out[0])
         else:
             out = self._decode(self._state, obs, lang, None)
@@ -164,13 +177,17 @@ class AtomSkillPolicy(Policy):
                              f"{self._batch} environments; call reset first")
         obs, lang = self._model_inputs(observation)
         starting = self._trigger.start_skills() if self.skills else np.zeros(b, bool)
+        steps_in = self._trigger.steps.astype(np.int32) if self.skills else np.zeros(b, np.int32)
+        r = self.options.resample_every
+        if self.skills and r > 0:
+            starting = starting | ((steps_in > 0) & (steps_in % r == 0))
         self._chunks.clear(starting)
         query = self._chunks.needs_query()
         if query.any():
             if starting.any():
                 self._tokens, chunk, keypose = self._sample_decode(
                     self._state, self._key, self._counter, obs, lang, self._tokens,
-                    jnp.asarray(starting))
+                    jnp.asarray(starting), steps_in)
                 self._counter += 1
             else:
                 chunk, keypose = self._decode(self._state, obs, lang,

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-skill-steps", type=int, default=None)
     p.add_argument("--ensemble-m", type=float, default=None,
                    help="temporal ensembling of chunks (ACT: 0.01); default off")
+    p.add_argument("--resample-every", type=int, default=0,
+                   help="sample the current skill again every r steps (0: hold it until "
+                        "the keypose trigger, the paper)")
     p.add_argument("--compare", nargs="+", metavar="RUN",
                    help="workdirs or report directories to put in one table")
 
@@ -85,6 +88,7 @@ def run(args) -> int:
     calib = calibration.ensure_calibration(workdir, assets)
     options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
+               "resample_every": args.resample_every,
                "name": args.name or os.path.basename(workdir)}
     RuntimeOptions(**options)  # fail here, not in every worker
     label = suite if not args.tasks else "tasks"
