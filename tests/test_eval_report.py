@@ -49,6 +49,10 @@ def test_markdown_is_shaped_like_table_1():
     assert "seeds [0, 1, 2]" in md and "checkpoint step 5000" in md
     assert "metaworld 3.1.1" in md and "mujoco 3.3.0" in md
     assert "atomskill eval --workdir=W --suite=rlbench6" in md
+    assert "re-sampled" not in md  # held skills (the paper): nothing to say
+    report = _report()
+    report.meta["resample_every"] = 8
+    assert "skills re-sampled every 8 steps" in rep.to_markdown(report)
 
 
 def test_single_seed_has_no_interval_and_many_tasks_transpose():

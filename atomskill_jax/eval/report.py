@@ -102,7 +102,9 @@ def compare(reports: Sequence[Report | str], names: Sequence[str] | None = None,
         lines.append(
             f"- {n}: seeds {r.seeds}, {r.episodes_per_task} episodes per task per seed, "
             f"checkpoint step {m.get('checkpoint_step')}, "
-            f"versions {_versions(m.get('versions', {}))}; command: `{m.get('command', '')}`")
+            + (f"skills re-sampled every {m['resample_every']} steps, "
+               if m.get("resample_every") else "")
+            + f"versions {_versions(m.get('versions', {}))}; command: `{m.get('command', '')}`")
     return "\n".join(lines) + "\n"
 
 

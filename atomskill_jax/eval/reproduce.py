@@ -34,7 +34,8 @@ import time
 
 TRAIN_MARKER = "reproduce_train.json"
 DEFAULT_RUNTIME = {"requery_every": 1, "epsilon": None, "max_skill_steps": None,
-                   "ensemble_m": None, "use_ema": True}  # `atomskill eval` defaults
+                   "ensemble_m": None, "resample_every": None,
+                   "use_ema": True}  # `atomskill eval` defaults
 DEMOS_PER_TASK, ACTION_NOISE = 25, 0.1  # the demo's rlbench6 build
 
 

@@ -88,6 +88,9 @@ def default_model_config() -> ml_collections.ConfigDict:
         # diffusion.py. Clipped at max_skill_step.
         "condition_on_skill_step": True,
         "max_skill_step": 64,
+        # Inference default (policies/atomskill_policy.py): re-sample the current skill
+        # every this many steps; 0 = hold it until the keypose trigger (the paper).
+        "resample_every": 0,
         # DDIM's x0 estimate is clipped to ±this (targets are standardised code vectors):
         # at the first step ᾱ_t ~ 1e-7, and an unclipped estimate (x - √(1-ᾱ)ε)/√ᾱ blows up.
         "clip_x0": 4.0,

@@ -59,9 +59,9 @@ class RuntimeOptions:
     min_skill_steps: int = 1
     ensemble_m: float | None = None  # temporal ensembling (ACT: 0.01); None: off
     # r > 0: the current skill is sampled again every r steps, ρ told how far into the
-    # skill it is (needs sampler.condition_on_skill_step); 0: held until the trigger
-    # (the paper).
-    resample_every: int = 0
+    # skill it is (sampler.condition_on_skill_step); 0: held until the trigger (the
+    # paper); None: the model config's `sampler.resample_every`.
+    resample_every: int | None = None
     num_steps: int | None = None  # DDIM steps (None: config)
     guidance: float | None = None  # classifier-free guidance (None: config)
     seed: int = 0
@@ -83,6 +83,9 @@ class AtomSkillPolicy(Policy):
         self.max_skill_steps = int(max_skill_steps)
         m = config.model
         self.skills = bool(m.decoder.skill_conditioning)
+        self.resample_every = 0 if not self.skills else int(
+            options.resample_every if options.resample_every is not None
+            else m.sampler.get("resample_every", 0))
         self.has_keypose = bool(m.decoder.predict_keypose)
         self.horizon, self.action_dim = int(m.horizon), int(m.action_dim)
         self.cameras = tuple(m.cameras)
@@ -178,8 +181,8 @@ class AtomSkillPolicy(Policy):
         obs, lang = self._model_inputs(observation)
         starting = self._trigger.start_skills() if self.skills else np.zeros(b, bool)
         steps_in = self._trigger.steps.astype(np.int32) if self.skills else np.zeros(b, np.int32)
-        r = self.options.resample_every
-        if self.skills and r > 0:
+        r = self.resample_every
+        if r > 0:
             starting = starting | ((steps_in > 0) & (steps_in % r == 0))
         self._chunks.clear(starting)
         query = self._chunks.needs_query()

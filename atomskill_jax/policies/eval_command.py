@@ -12,6 +12,7 @@ a spawned process, rollouts run in spawned workers that load the policy themselv
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 import time
@@ -39,9 +40,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-skill-steps", type=int, default=None)
     p.add_argument("--ensemble-m", type=float, default=None,
                    help="temporal ensembling of chunks (ACT: 0.01); default off")
-    p.add_argument("--resample-every", type=int, default=0,
+    p.add_argument("--resample-every", type=int, default=None,
                    help="sample the current skill again every r steps (0: hold it until "
-                        "the keypose trigger, the paper)")
+                        "the keypose trigger, the paper; default: the model config's "
+                        "sampler.resample_every)")
     p.add_argument("--compare", nargs="+", metavar="RUN",
                    help="workdirs or report directories to put in one table")
 
@@ -104,11 +106,24 @@ def run(args) -> int:
                       checkpoint_step=step, command=command)
     report.meta["workdir"] = workdir
     report.meta["runtime_options"] = dict(options, use_ema=not args.no_ema)
+    report.meta["resample_every"] = _resample_every(assets, args.resample_every)
     report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
     paths = write_report(report, out)
     print(to_markdown(report))
     print(f"report: {paths['markdown']}")
     return 0
+
+
+def _resample_every(assets: dict, given: int | None) -> int:
+    """The re-sampling period the policy used (given, else the model config's)."""
+    if given is not None:
+        return int(given)
+    config = assets.get("config", {})
+    config = json.loads(config) if isinstance(config, str) else config
+    model = config.get("model", {})
+    if not model.get("decoder", {}).get("skill_conditioning", True):
+        return 0
+    return int(model.get("sampler", {}).get("resample_every", 0))
 
 
 __all__ = ["add_parser", "run", "latest_report_dir"]
