@@ -129,11 +129,10 @@ def load_skill_model(workdir: str, step: int | None = None):
     return nnx.merge(graphdef, params), config, step
 
 
-def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False):
-    """Task name of every episode of a dataset's split, by the episode index the
-    pipeline puts into segment uids (file offset + position in file); with
-    `with_num_skills`, (task, episode_metadata/num_skills) pairs instead."""
-    from atomskill_jax.data.tf_setup import tf  # first: keeps TensorFlow off GPUs
+def _indexed_episodes(source, split: str):
+    """(episodes in file order with their tfds ids, steps undecoded; a function from a
+    tfds id to the episode index the pipeline puts into segment uids)."""
+    from atomskill_jax.data.tf_setup import tf  # noqa: F401  first: keeps TensorFlow off GPUs
     import tensorflow_datasets as tfds
 
     from atomskill_jax.data import sources
@@ -144,6 +143,21 @@ def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False
         split=split, shuffle_files=False,
         read_config=tfds.ReadConfig(add_tfds_id=True, try_autocache=False),
         decoders={"steps": tfds.decode.SkipDecoding()})
+
+    def index_of(tfds_id: bytes) -> int:
+        file_name, _, position = tfds_id.decode().rpartition("__")
+        return offset_of[file_name] + int(position)
+
+    return ds, index_of
+
+
+def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False):
+    """Task name of every episode of a dataset's split, by the episode index the
+    pipeline puts into segment uids (file offset + position in file); with
+    `with_num_skills`, (task, episode_metadata/num_skills) pairs instead."""
+    from atomskill_jax.data.tf_setup import tf  # first: keeps TensorFlow off GPUs
+
+    ds, index_of = _indexed_episodes(source, split)
     features = source.builder.info.features
     meta_keys = set(features["episode_metadata"].keys()) if (
         "episode_metadata" in features) else set()
@@ -157,8 +171,7 @@ def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False
     ds = ds.map(select)
     out = {}
     for tfds_id, task, num_skills in ds.as_numpy_iterator():
-        file_name, _, position = tfds_id.decode().rpartition("__")
-        index = offset_of[file_name] + int(position)
+        index = index_of(tfds_id)
         out[index] = (task.decode(), int(num_skills)) if with_num_skills else task.decode()
     return out
 
@@ -269,7 +282,6 @@ def first_episodes_per_task(dataset: str, *, episode: int = 0, split: str = "tra
     than episode + 1 episodes are left out.
     """
     from atomskill_jax.data import sources  # imports TensorFlow via data.tf_setup
-    import tensorflow_datasets as tfds
 
     source = sources.open_source(dataset, data_dir)
     by_task: dict[str, list[int]] = {}
@@ -278,18 +290,12 @@ def first_episodes_per_task(dataset: str, *, episode: int = 0, split: str = "tra
     wanted = {ids[episode]: task for task, ids in by_task.items() if len(ids) > episode}
     if not wanted:
         return {}
-    filenames, offsets = sources._episode_offsets(source, split)
-    offset_of = dict(zip(filenames, offsets))
-    ds = source.builder.as_dataset(
-        split=split, shuffle_files=False,
-        read_config=tfds.ReadConfig(add_tfds_id=True, try_autocache=False),
-        decoders={"steps": tfds.decode.SkipDecoding()})
+    ds, index_of = _indexed_episodes(source, split)
     keep = ("action", "action_abs", "is_keyframe", "skill_segment", "skill_label",
             "skill_label_id", "language_instruction", "is_first", "is_last")
     out = {}
     for example in ds:  # eager: only the chosen episodes are converted to numpy
-        file_name, _, position = example["tfds_id"].numpy().decode().rpartition("__")
-        index = offset_of[file_name] + int(position)
+        index = index_of(example["tfds_id"].numpy())
         if index not in wanted:
             continue
         steps = {k: example["steps"][k].numpy() for k in keep if k in example["steps"]}
