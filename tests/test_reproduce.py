@@ -162,11 +162,13 @@ def test_table1_end_to_end_then_everything_is_reused(metaworld_rlds_dir, tmp_pat
     argv = ["reproduce", "table1", f"--out={out}",
             f"--config={os.path.join(REPO, 'configs', 'atomskill.py')}:tiny",
             f"--data={metaworld_rlds_dir}", "--tasks=pick-place", "--episodes=1",
-            "--eval-seeds=0", "--max-steps=20"]
+            "--eval-seeds=0", "--max-steps=20", "--eval-workers=0"]
     assert cli.main(argv) == 0
     first = capsys.readouterr().out
     assert "== train full_seed0\n$ atomskill train" in first
     assert "== evaluate act_baseline_seed0\n$ atomskill eval" in first
+    evals = [line for line in first.splitlines() if line.startswith("$ atomskill eval")]
+    assert len(evals) == 2 and all("--workers=0" in line for line in evals)
     assert not (out / "data").exists()  # --data given: nothing built
     table = (out / "table1.md").read_text()
     assert "| full | " in table and "| act_baseline | " in table and "pick-place" in table

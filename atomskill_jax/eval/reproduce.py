@@ -85,6 +85,9 @@ def add_parser(sub) -> None:
                    help="execution noise of the expert demonstrations when building the data")
     p.add_argument("--max-steps", type=int, default=None,
                    help="evaluation episode cap (default: the task's)")
+    p.add_argument("--eval-workers", type=int, default=None,
+                   help="rollout processes per evaluation (default: eval's, the CPU count; "
+                        "0: in the eval process)")
     p.add_argument("--print-commands", action="store_true",
                    help="print every `atomskill` command of the table and exit")
 
@@ -159,6 +162,8 @@ def plan(args) -> dict:
                      f"--seeds={','.join(map(str, eval_seeds))}", f"--name={name}"]
         if args.max_steps:
             eval_argv.append(f"--max-steps={args.max_steps}")
+        if args.eval_workers is not None:
+            eval_argv.append(f"--workers={args.eval_workers}")
         runs.append({"name": name, "variant": variant, "seed": overrides["seed"],
                      "workdir": run_dir, "train": train_argv, "eval": eval_argv})
     return {"table": args.table, "title": table["title"], "variants": list(table["variants"]),
