@@ -45,3 +45,10 @@ def test_corruption_only_in_training():
     noisy, _ = _model(0.9)
     loss_train = [m.compute_loss(key, batch, train=True)[1]["action_l1"] for m in (clean, noisy)]
     assert not jnp.allclose(loss_train[0], loss_train[1])
+
+
+def test_corruption_outside_0_1_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="skill_token_corruption"):
+        _model(1.5)

@@ -105,6 +105,10 @@ def test_resampling_within_a_skill(workdir):
     assert sampled_at(3) == [(0, [0, 0]), (3, [3, 3]), (6, [6, 6])]
     assert sampled_at(0) == [(0, [0, 0])]
     assert sampled_at(None) == [(0, [0, 0])]  # the tiny config's sampler.resample_every: 0
+    from atomskill_jax.policies.atomskill_policy import RuntimeOptions
+
+    with pytest.raises(ValueError, match="resample_every"):
+        RuntimeOptions(resample_every=-1)
 
 
 def test_raw_parameters_differ_from_ema(workdir):

@@ -58,6 +58,9 @@ class AtomSkill(nnx.Module):
         self.contrastive = (bool(c.temporal), bool(c.semantic), float(c.temperature))
         self.num_tokens = int(config.skill_encoder.num_tokens)
         self.token_corruption = float(config.decoder.get("skill_token_corruption", 0.0))
+        if not 0.0 <= self.token_corruption <= 1.0:
+            raise ValueError("decoder.skill_token_corruption is a probability in [0, 1], "
+                             f"got {self.token_corruption}")
         self.d_model = int(config.d_model)
 
     # -- losses -------------------------------------------------------------------

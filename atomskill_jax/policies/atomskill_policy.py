@@ -62,6 +62,11 @@ class RuntimeOptions:
     # skill it is (sampler.condition_on_skill_step); 0: held until the trigger (the
     # paper); None: the model config's `sampler.resample_every`.
     resample_every: int | None = None
+
+    def __post_init__(self):
+        if self.resample_every is not None and int(self.resample_every) < 0:
+            raise ValueError(f"resample_every must be >= 0 (0: hold skills until the "
+                             f"keypose trigger), got {self.resample_every}")
     num_steps: int | None = None  # DDIM steps (None: config)
     guidance: float | None = None  # classifier-free guidance (None: config)
     seed: int = 0
