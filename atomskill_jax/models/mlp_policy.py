@@ -1,0 +1,105 @@
+"""A plain MLP behaviour-cloning baseline: the floor a skill model has to beat.
+
+Normalised proprio, state and the instruction's sentence embedding (one vector per
+task: as informative as a task one-hot) are concatenated and mapped by an MLP
+straight to a whole action chunk [H, A]. No images, no skills, no keypose: it exists
+so every method in a results table is trained on the same data, normalised the same
+way and evaluated by the same runtime (`policies/atomskill_policy.py` treats it like
+the ACT-like baseline: `decoder.skill_conditioning` is False).
+
+Config (`configs/mlp.py`): `model.mlp.hidden` (widths of the hidden layers),
+`model.mlp.loss` ("l1" like ACT and AtomSkill, "mse" or "huber"), `model.dropout`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atomskill_jax.models.layers import MLPStack, compute_dtype
+
+LOSSES = ("l1", "mse", "huber")
+
+
+def chunk_loss(pred, target, mask, kind: str) -> tuple[jax.Array, dict]:
+    """Mean per-element loss over valid chunk steps (mask [B, H]) and action dimensions,
+    with the chunk L1 always reported so runs with different losses compare."""
+    valid = mask.astype(jnp.float32)[..., None]
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    if kind == "l1":
+        err = jnp.abs(diff)
+    elif kind == "mse":
+        err = jnp.square(diff)
+    elif kind == "huber":
+        err = optax_huber(diff)
+    else:
+        raise ValueError(f"model.mlp.loss must be one of {LOSSES}, got {kind!r}")
+    count = jnp.maximum(jnp.sum(valid) * pred.shape[-1], 1.0)
+    loss = jnp.sum(err * valid) / count
+    l1 = jnp.sum(jnp.abs(diff) * valid) / count
+    return loss, {"action_loss": loss, "action_l1": l1}
+
+
+def optax_huber(diff, delta: float = 1.0):
+    """Huber on normalised actions: quadratic within one standard deviation."""
+    a = jnp.abs(diff)
+    return jnp.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
+
+
+class MLPPolicy(nnx.Module):
+    policy_name = "mlp"  # the runtime's default name in reports
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        if bool(config.decoder.get("skill_conditioning", False)):
+            raise ValueError("MLPPolicy has no skill space: set model.decoder.skill_conditioning"
+                             "=False (configs/mlp.py does)")
+        if bool(config.decoder.get("predict_keypose", False)):
+            raise ValueError("MLPPolicy predicts no keypose: set model.decoder.predict_keypose"
+                             "=False (configs/mlp.py does)")
+        m = config.mlp
+        if str(m.loss) not in LOSSES:
+            raise ValueError(f"model.mlp.loss must be one of {LOSSES}, got {m.loss!r}")
+        if tuple(config.cameras):
+            raise ValueError(f"MLPPolicy takes low-dimensional inputs only; model.cameras is "
+                             f"{tuple(config.cameras)} (set data.cameras=())")
+        self.dtype = compute_dtype(config.dtype)
+        self.use_state = int(config.state_dim) > 0
+        n_in = int(config.proprio_dim) + int(config.state_dim) + int(config.language_dim)
+        self.horizon, self.action_dim = int(config.horizon), int(config.action_dim)
+        # The head onto H x A outputs stays replicated (a few hundred columns).
+        self.net = MLPStack(n_in, tuple(m.hidden), self.horizon * self.action_dim, rngs=rngs,
+                            dtype=self.dtype, dropout_rate=float(config.dropout), out_shard=None)
+        self.loss_kind = str(m.loss)
+        self.skill_conditioning = False
+        self.predict_keypose = False
+
+    def _chunk(self, observation, language_embedding, *, train=False, rngs=None):
+        parts = [jnp.asarray(observation["proprio"], self.dtype)]
+        if self.use_state:
+            parts.append(jnp.asarray(observation["state"], self.dtype))
+        parts.append(jnp.asarray(language_embedding, self.dtype))
+        x = jnp.concatenate(parts, axis=-1)
+        out = self.net(x, train=train, rngs=rngs).astype(jnp.float32)
+        return out.reshape(x.shape[0], self.horizon, self.action_dim)
+
+    def compute_loss(self, rng, batch, *, train: bool, stage: str = "skill"):
+        if stage != "skill":
+            raise ValueError(f"MLPPolicy trains in stage 'skill' only, got {stage!r}")
+        chunk = self._chunk(batch["observation"], batch["language_embedding"], train=train,
+                            rngs=nnx.Rngs(dropout=rng))
+        loss, metrics = chunk_loss(chunk, batch["action_chunk"], batch["action_chunk_mask"],
+                                   self.loss_kind)
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def predict_actions(self, observation, language_embedding, skill_tokens=None):
+        """(action chunk [B, H, A], None): the policy runtime's call."""
+        del skill_tokens
+        return self._chunk(observation, language_embedding), None
+
+
+def trainable_filter(stage: str):
+    if stage != "skill":
+        raise ValueError(f"MLPPolicy trains in stage 'skill' only, got {stage!r}")
+    return nnx.Param

@@ -1,0 +1,49 @@
+"""MLP baseline configs: `get_config(variant)` with variant cpu | tiny.
+
+  atomskill train --config=configs/mlp.py:cpu --workdir=/tmp/mlp \
+      --config.data.data_dir=/tmp/rlb6          # rlbench6 built by `atomskill build-data`
+  atomskill eval --workdir=/tmp/mlp --suite=rlbench6 --episodes=20 --seeds=0,1,2
+
+The floor of issue 4: proprio + the 39-d MetaWorld state + the instruction embedding
+-> an MLP -> a 16-step chunk of native delta actions, re-planned every step by the
+shared policy runtime (models/mlp_policy.py). Same data, statistics, normalisation and
+evaluation as configs/atomskill.py; only the model differs.
+cpu:  3 x 512 hidden (~0.8M parameters), MSE, batch 256; a few minutes on 2 cores.
+tiny: a few steps on the test fixture (tests/).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import atomskill
+
+VARIANTS = ("cpu", "tiny")
+
+
+def _mlp_model(config, hidden, loss="mse"):
+    m = config.model
+    m.decoder.skill_conditioning = False
+    m.decoder.predict_keypose = False
+    m.dropout = 0.0
+    m.mlp = ml_collections.ConfigDict({"hidden": tuple(hidden), "loss": loss})
+    config.model_factory = "atomskill_jax.models.mlp_policy:MLPPolicy"
+    config.stage = "skill"
+    return config
+
+
+def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
+    variant = (variant or "cpu").strip()
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/mlp.py: unknown variant {variant!r}; expected one of "
+                         f"{', '.join(VARIANTS)}")
+    config = atomskill.get_config(variant)  # the same data pipeline and optimiser knobs
+    if variant == "cpu":
+        config = _mlp_model(config, (512, 512, 512))
+        config.data.batch_size = 256
+        config.optim.lr, config.optim.warmup_steps = 1e-3, 200
+        config.train.update(skill_steps=10000, checkpoint_every=2000, log_every=200)
+    else:
+        config = _mlp_model(config, (32, 32))
+    config.variant = variant
+    return config
