@@ -8,7 +8,8 @@ The floor of issue 4: proprio + the 39-d MetaWorld state + the instruction embed
 -> an MLP -> a 16-step chunk of native delta actions, re-planned every step by the
 shared policy runtime (models/mlp_policy.py). Same data, statistics, normalisation and
 evaluation as configs/atomskill.py; only the model differs.
-cpu:  3 x 512 hidden (~0.8M parameters), MSE, batch 256; a few minutes on 2 cores.
+cpu:  3 x 512 hidden (~0.8M parameters), L1 (as ACT and AtomSkill), batch 256; 2 minutes
+      on 2 cores.
 tiny: a few steps on the test fixture (tests/).
 """
 
@@ -21,7 +22,7 @@ from configs import atomskill
 VARIANTS = ("cpu", "tiny")
 
 
-def _mlp_model(config, hidden, loss="mse"):
+def _mlp_model(config, hidden, loss="l1"):
     m = config.model
     m.decoder.skill_conditioning = False
     m.decoder.predict_keypose = False
