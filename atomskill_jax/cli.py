@@ -119,7 +119,8 @@ def _cmd_build_data(args) -> int:
 def _print_report(dataset_dir: str, report: dict) -> None:
     print(f"dataset: {dataset_dir}")
     if report:
-        print(f"wrote {report.get('written')} episodes, skipped {report.get('num_skipped')}")
+        verb = "reused an identical build of" if report.get("reused") else "wrote"
+        print(f"{verb} {report.get('written')} episodes, skipped {report.get('num_skipped')}")
         for reason, ids in report.get("skipped", {}).items():
             print(f"  skipped {len(ids)} x {reason}")
         for key, value in report.get("notes", {}).items():

@@ -53,6 +53,8 @@ def test_markdown_is_shaped_like_table_1():
     report = _report()
     report.meta["resample_every"] = 8
     assert "skills re-sampled every 8 steps" in rep.to_markdown(report)
+    assert "2 episodes per task per seed" in rep.to_markdown(report)
+    assert "1 episode per task per seed" in rep.to_markdown(_report(episodes=1))
 
 
 def test_single_seed_has_no_interval_and_many_tasks_transpose():

@@ -70,8 +70,11 @@ def test_pick_place_skills_cut_at_gripper_changes(metaworld_rlds_dir):
 
 
 def test_same_options_same_episodes_other_options_refused(metaworld_rlds_dir, tmp_path):
-    again, _ = mwb.build(str(tmp_path), tasks="pick-place,drawer-close", episodes_per_task=2,
-                         seed=0, show_progress=False)
+    again, first = mwb.build(str(tmp_path), tasks="pick-place,drawer-close", episodes_per_task=2,
+                             seed=0, show_progress=False)
+    _, second = mwb.build(str(tmp_path), tasks="pick-place,drawer-close", episodes_per_task=2,
+                          seed=0, show_progress=False)
+    assert not first.get("reused") and second["reused"] and second["written"] == 4
     for (m1, s1), (m2, s2) in zip(_episodes(metaworld_rlds_dir), _episodes(again)):
         assert m1["episode_id"] == m2["episode_id"]
         np.testing.assert_array_equal(s1["action"], s2["action"])

@@ -100,7 +100,8 @@ def compare(reports: Sequence[Report | str], names: Sequence[str] | None = None,
     for n, r in zip(names, reports):
         m = r.meta
         lines.append(
-            f"- {n}: seeds {r.seeds}, {r.episodes_per_task} episodes per task per seed, "
+            f"- {n}: seeds {r.seeds}, {r.episodes_per_task} "
+            f"episode{'' if r.episodes_per_task == 1 else 's'} per task per seed, "
             f"checkpoint step {m.get('checkpoint_step')}, "
             + (f"skills re-sampled every {m['resample_every']} steps, "
                if m.get("resample_every") else "")

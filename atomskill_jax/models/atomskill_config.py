@@ -39,6 +39,9 @@ def default_model_config() -> ml_collections.ConfigDict:
         "resnet_stage_sizes": (2, 2, 2, 2),
         "shared_image_encoder": False,  # one ResNet for all cameras instead of one each
         "low_dim_hidden": 256,  # proprio/state MLP hidden width
+        # Widths of a deep MLP over [proprio, state, language] giving one extra token;
+        # () = off (the paper: one token per input). See obs_encoders.py.
+        "joint_low_dim_hidden": (),
     })
     c.skill_encoder = ml_collections.ConfigDict({
         "num_tokens": 8,  # n

@@ -5,11 +5,17 @@
   final feature map (7x7 at 224px), plus fixed 2D sinusoidal positions and a learned
   per-camera embedding;
 - proprio and (optional) state: an MLP each -> one token each;
-- language embedding (sentence encoder output, [E]): a linear projection -> one token.
+- language embedding (sentence encoder output, [E]): a linear projection -> one token;
+- or (`observation.joint_low_dim_hidden` non-empty) proprio, state and the language
+  embedding concatenated through one deep LayerNorm MLP -> one token in place of the
+  proprio and state tokens. Separate tokens meet only through attention; on state
+  observations the policy must combine object and hand positions per task precisely,
+  which an MLP over the joint vector does well (on rlbench6 a plain MLP on these
+  inputs beats the token-per-input encoder).
 
 Images arrive as the pipeline leaves them: uint8 [B, H, W, 3] in 0..255 (float images
 are taken to be in 0..1 already); they are standardised with ImageNet statistics.
-Token order: cameras (config order), proprio, state, language.
+Token order: cameras (config order), proprio, state (or the joint token), language.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.layers import MLP, compute_dtype, dense, dropout, sinusoidal_2d
+from atomskill_jax.models.layers import (MLP, MLPStack, compute_dtype, dense, dropout,
+                                         sinusoidal_2d)
 from atomskill_jax.models.resnet import ResNet
 
 # numpy, not jnp: a jnp constant made while an importer is tracing leaks a tracer.
@@ -68,10 +75,19 @@ class ObservationEncoder(nnx.Module):
                 [ImageTokenizer(config, rngs=rngs, dtype=dtype) for _ in self.cameras])
         self.camera_embed = nnx.Param(
             0.02 * jax.random.normal(rngs.params(), (max(len(self.cameras), 1), d)))
-        self.proprio_mlp = MLP(config.proprio_dim, obs.low_dim_hidden, d, rngs=rngs, dtype=dtype)
         self.use_state = int(config.state_dim) > 0
-        self.state_mlp = (MLP(config.state_dim, obs.low_dim_hidden, d, rngs=rngs, dtype=dtype)
-                          if self.use_state else None)
+        joint_hidden = tuple(int(h) for h in obs.get("joint_low_dim_hidden", ()))
+        self.joint = bool(joint_hidden)
+        if self.joint:  # one token for proprio + state + language, no per-input tokens
+            joint_in = int(config.proprio_dim) + int(config.state_dim) + int(config.language_dim)
+            self.joint_mlp = MLPStack(joint_in, joint_hidden, d, rngs=rngs, dtype=dtype)
+            self.proprio_mlp = self.state_mlp = None
+        else:
+            self.joint_mlp = None
+            self.proprio_mlp = MLP(config.proprio_dim, obs.low_dim_hidden, d, rngs=rngs,
+                                   dtype=dtype)
+            self.state_mlp = (MLP(config.state_dim, obs.low_dim_hidden, d, rngs=rngs,
+                                  dtype=dtype) if self.use_state else None)
         self.language_proj = dense(config.language_dim, d, rngs=rngs, dtype=dtype)
         # Learned type embeddings tell proprio, state and language tokens apart.
         self.type_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (3, d)))
@@ -92,13 +108,19 @@ class ObservationEncoder(nnx.Module):
             tokens.append(cam_tokens + self.camera_embed[...][i].astype(self.dtype))
         type_embed = self.type_embed[...].astype(self.dtype)
         proprio = jnp.asarray(observation["proprio"], self.dtype)
-        tokens.append((self.proprio_mlp(proprio) + type_embed[0])[:, None])
+        low_dim = [proprio]
         if self.use_state:
             if "state" not in observation:
                 raise KeyError("model.state_dim > 0 but the observation has no 'state'")
-            state = jnp.asarray(observation["state"], self.dtype)
-            tokens.append((self.state_mlp(state) + type_embed[1])[:, None])
-        language = self.language_proj(jnp.asarray(language_embedding, self.dtype))
-        tokens.append((language + type_embed[2])[:, None])
+            low_dim.append(jnp.asarray(observation["state"], self.dtype))
+        language = jnp.asarray(language_embedding, self.dtype)
+        if self.joint:
+            joint = self.joint_mlp(jnp.concatenate(low_dim + [language], axis=-1))
+            tokens.append((joint + type_embed[1])[:, None])
+        else:
+            tokens.append((self.proprio_mlp(proprio) + type_embed[0])[:, None])
+            if self.use_state:
+                tokens.append((self.state_mlp(low_dim[1]) + type_embed[1])[:, None])
+        tokens.append((self.language_proj(language) + type_embed[2])[:, None])
         out = jnp.concatenate([t.astype(self.dtype) for t in tokens], axis=1)
         return dropout(out, self.dropout_rate, train=train, rngs=rngs)

@@ -231,6 +231,7 @@ def build(out_dir: str, *, suite: str | None = None, tasks=None, overwrite: bool
     builder = MetaworldScripted(config=config, data_dir=out_dir)
     dataset_dir = str(builder.data_dir)
     options_path = os.path.join(dataset_dir, OPTIONS_FILE)
+    reused = os.path.exists(options_path) and not overwrite
     if os.path.exists(options_path):
         with open(options_path) as f:
             previous = json.load(f)
@@ -247,6 +248,8 @@ def build(out_dir: str, *, suite: str | None = None, tasks=None, overwrite: bool
     with open(options_path, "w") as f:
         json.dump(config.options(), f, indent=2)
     report = episode_builder.read_build_report(dataset_dir) or {}
+    if reused:  # in memory only: the file describes the build that wrote the episodes
+        return dataset_dir, dict(report, reused=True)
     if getattr(builder, "failures", None) is not None:
         report.setdefault("notes", {})["expert_failures"] = builder.failures
         with open(os.path.join(dataset_dir, episode_builder.REPORT_FILE), "w") as f:
