@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
+from atomskill_jax.models.action_decoder import action_l1
 from atomskill_jax.models.layers import MLPStack, compute_dtype
 
 LOSSES = ("l1", "mse", "huber")
@@ -25,26 +27,19 @@ LOSSES = ("l1", "mse", "huber")
 def chunk_loss(pred, target, mask, kind: str) -> tuple[jax.Array, dict]:
     """Mean per-element loss over valid chunk steps (mask [B, H]) and action dimensions,
     with the chunk L1 always reported so runs with different losses compare."""
-    valid = mask.astype(jnp.float32)[..., None]
-    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    l1, _ = action_l1(pred, target, mask)
     if kind == "l1":
-        err = jnp.abs(diff)
-    elif kind == "mse":
-        err = jnp.square(diff)
-    elif kind == "huber":
-        err = optax_huber(diff)
+        return l1, {"action_loss": l1, "action_l1": l1}
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    if kind == "mse":
+        err = jnp.square(pred - target)
+    elif kind == "huber":  # quadratic within one standard deviation of the normalised action
+        err = optax.huber_loss(pred, target, delta=1.0)
     else:
         raise ValueError(f"model.mlp.loss must be one of {LOSSES}, got {kind!r}")
-    count = jnp.maximum(jnp.sum(valid) * pred.shape[-1], 1.0)
-    loss = jnp.sum(err * valid) / count
-    l1 = jnp.sum(jnp.abs(diff) * valid) / count
+    valid = mask.astype(jnp.float32)[..., None]
+    loss = jnp.sum(err * valid) / jnp.maximum(jnp.sum(valid) * pred.shape[-1], 1.0)
     return loss, {"action_loss": loss, "action_l1": l1}
-
-
-def optax_huber(diff, delta: float = 1.0):
-    """Huber on normalised actions: quadratic within one standard deviation."""
-    a = jnp.abs(diff)
-    return jnp.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
 
 
 class MLPPolicy(nnx.Module):
