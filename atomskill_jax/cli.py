@@ -120,7 +120,9 @@ def _print_report(dataset_dir: str, report: dict) -> None:
     print(f"dataset: {dataset_dir}")
     if report:
         verb = "reused an identical build of" if report.get("reused") else "wrote"
-        print(f"{verb} {report.get('written')} episodes, skipped {report.get('num_skipped')}")
+        written = report.get("written")
+        print(f"{verb} {written} episode{'' if written == 1 else 's'}, "
+              f"skipped {report.get('num_skipped')}")
         for reason, ids in report.get("skipped", {}).items():
             print(f"  skipped {len(ids)} x {reason}")
         for key, value in report.get("notes", {}).items():

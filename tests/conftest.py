@@ -32,3 +32,23 @@ def metaworld_rlds_dir(tmp_path_factory, _hermetic_cache):
     dataset_dir, _ = mwb.build(str(out), tasks="pick-place,drawer-close",
                                episodes_per_task=2, seed=0, show_progress=False)
     return dataset_dir
+
+
+TINY_TRAIN = """
+from atomskill_jax.training import trainer
+config = tiny_train_config(sys.argv[2], skill_steps=2, sampler_steps=2)
+trainer.train(config, sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_workdir(metaworld_rlds_dir, tmp_path_factory):
+    """configs/atomskill.py:tiny trained 2 skill + 2 sampler steps on the MetaWorld
+    fixture, in a child with 1 device. Trained once per session: tests that write into
+    a workdir take a copy (tests.tiny_model.copy_workdir)."""
+    from tests.tiny_model import run_child
+
+    out = tmp_path_factory.mktemp("tiny_trained_workdir")
+    run_child(TINY_TRAIN, 1, metaworld_rlds_dir, out)
+    return str(out)
+

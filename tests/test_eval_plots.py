@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from atomskill_jax.eval import plots
-from tests.tiny_model import run_child
+from tests.tiny_model import copy_workdir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -99,19 +99,10 @@ def test_skill_tsne_plot_and_colours(tmp_path):
 
 # -- `atomskill plot` on a trained workdir ------------------------------------------------
 
-TRAIN = """
-from atomskill_jax.training import trainer
-config = tiny_train_config(sys.argv[2], skill_steps=2, sampler_steps=1)
-trainer.train(config, sys.argv[3])
-"""
-
-
 @pytest.fixture(scope="module")
-def workdir(metaworld_rlds_dir, tmp_path_factory):
-    """configs/atomskill.py:tiny trained 2 + 1 steps on the MetaWorld fixture."""
-    out = tmp_path_factory.mktemp("plot_workdir")
-    run_child(TRAIN, 1, metaworld_rlds_dir, out)
-    return str(out)
+def workdir(tiny_trained_workdir, tmp_path_factory):
+    """A copy of the session's tiny trained workdir (2 skill + 2 sampler steps)."""
+    return copy_workdir(tiny_trained_workdir, tmp_path_factory, "plot_workdir")
 
 
 def _all_segments(dataset_dir):
@@ -153,7 +144,7 @@ def test_plot_command_end_to_end(workdir, metaworld_rlds_dir, capsys):
     tasks = data["tasks"].tolist()
     assert {t: tasks.count(t) for t in set(tasks)} == {
         t: sum(k for u, k in segments if u == t) for t, _ in segments}
-    assert str(data["kind"]) == "encoder" and int(data["step"]) == 1
+    assert str(data["kind"]) == "encoder" and int(data["step"]) == 2
 
     # --data names the dataset directly, --out elsewhere, the quantised tokens.
     other = os.path.join(workdir, "other_plots")
@@ -175,7 +166,7 @@ def test_a_skill_stage_only_run_loads_the_same_skill_encoder(workdir, tmp_path):
                                                                        "other_plots"))
     full, _, step_full = se.load_skill_model(workdir)
     partial, _, step_partial = se.load_skill_model(skill_only)
-    assert (step_full, step_partial) == (1, 2)  # sampler stage step, skill stage step
+    assert (step_full, step_partial) == (2, 2)  # sampler stage step, skill stage step
     for module in ("skill_encoder", "vq"):
         a = nnx.to_flat_state(nnx.state(getattr(full, module), nnx.Param))
         b = nnx.to_flat_state(nnx.state(getattr(partial, module), nnx.Param))

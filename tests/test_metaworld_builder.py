@@ -108,7 +108,7 @@ def test_cli_builds_and_reports(tmp_path):
          "--tasks=drawer-close", "--episodes-per-task=1", f"--out={out}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "wrote 1 episodes, skipped 0" in proc.stdout
+    assert "wrote 1 episode, skipped 0" in proc.stdout
     dataset_dir = out / "metaworld_scripted" / "custom" / "1.0.0"
     assert tfds.builder_from_directory(str(dataset_dir)).info.splits["train"].num_examples == 1
     assert json.load(open(dataset_dir / mwb.OPTIONS_FILE))["tasks"] == ["drawer-close"]

@@ -12,21 +12,13 @@ import pytest
 from atomskill_jax.envs import metaworld as mw
 from atomskill_jax.policies import calibration
 from atomskill_jax.policies.base import TaskInfo
-from tests.tiny_model import REPO, child_env, run_child
-
-TRAIN = """
-from atomskill_jax.training import trainer
-config = tiny_train_config(sys.argv[2], skill_steps=2, sampler_steps=2)
-trainer.train(config, sys.argv[3])
-"""
-
+from tests.tiny_model import REPO, child_env, copy_workdir
 
 @pytest.fixture(scope="module")
-def workdir(metaworld_rlds_dir, tmp_path_factory):
-    """configs/atomskill.py:tiny trained 2+2 steps on the fixture (a child with 1 device),
-    then calibrated (in this process, which may import TensorFlow)."""
-    out = tmp_path_factory.mktemp("policy_workdir")
-    run_child(TRAIN, 1, metaworld_rlds_dir, out)
+def workdir(tiny_trained_workdir, tmp_path_factory):
+    """A copy of the session's tiny trained workdir (2+2 steps, trained in a child with
+    1 device), then calibrated (in this process, which may import TensorFlow)."""
+    out = copy_workdir(tiny_trained_workdir, tmp_path_factory, "policy_workdir")
     from atomskill_jax.policies.loading import read_workdir_assets
 
     assets = read_workdir_assets(str(out))[0]

@@ -81,6 +81,9 @@ def test_sweep_expands_and_prints_commands(tmp_path, capsys):
     run_dir, argv = runs[2]
     assert run_dir == str(tmp_path / "no_contrastive_seed0")
     assert "--config.model.contrastive.temporal=False" in argv
+    # A training seed varies the data order as well as the initialisation.
+    assert "--config.seed=0" in argv and "--config.data.seed=0" in argv
+    assert "--config.data.seed=1" in runs[3][1]
     assert len(sweep.expand(f"{CONFIG}:cpu", "configs/sweeps/learning_rate.py", "w")) == 6
     assert cli.main(["sweep", f"--config={CONFIG}:cpu", "--sweep=configs/sweeps/ablations.py",
                      f"--workdir={tmp_path}", "--print-commands", "--config.data.batch_size=32"]) == 0

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from atomskill_jax.data import sources, statistics, statistics_compute
-from atomskill_jax.training import checkpoints, trainer
+from atomskill_jax.training import checkpoints, run_config, trainer
 from tests.tiny_model import tiny_train_config
 
 
@@ -66,6 +66,11 @@ def test_unreadable_checkpoint_stops_the_run(trained, metaworld_rlds_dir, tmp_pa
     changed = _config(metaworld_rlds_dir, skill_steps=2)
     changed.model.width = 32
     changed.stage = "skill"
+    # The workdir's config.json catches it first, naming the key...
+    with pytest.raises(run_config.ConfigMismatchError, match=r"model\.width: 16 -> 32"):
+        trainer.train(changed, str(workdir2))
+    # ...and without one (a hand-made workdir) the checkpoint's shapes refuse it.
+    os.remove(workdir2 / "config.json")
     with pytest.raises(checkpoints.CheckpointError, match="--overwrite"):
         trainer.train(changed, str(workdir2))
     # --overwrite starts afresh.

@@ -185,3 +185,11 @@ def run_child(code: str, devices: int, *args, cache_dir=None, timeout: float = 3
     if proc.returncode != 0:
         raise AssertionError(f"child failed ({proc.returncode}):\n{err[-4000:]}")
     return out
+
+
+def copy_workdir(workdir: str, tmp_path_factory, name: str) -> str:
+    import shutil
+
+    out = tmp_path_factory.mktemp(name) / "workdir"
+    shutil.copytree(workdir, out)
+    return str(out)

@@ -135,7 +135,7 @@ def check_fields(source: DatasetSource, *, cameras=(), use_state: bool = False) 
                            f"set data.use_state=False for datasets without simulator state")
 
 
-def _episode_offsets(source: DatasetSource, split: str):
+def episode_offsets(source: DatasetSource, split: str):
     """File names and the global index of each file's first episode (from dataset_info)."""
     info = source.builder.info.splits[split]
     lengths = [int(n) for n in info.shard_lengths]
@@ -165,7 +165,7 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
     ds = source.builder.as_dataset(
         split=sub_split, shuffle_files=shuffle_seed is not None, read_config=read_config,
         decoders={"steps": tfds.decode.SkipDecoding()})
-    filenames, offsets = _episode_offsets(source, split)
+    filenames, offsets = episode_offsets(source, split)
     filenames_t = tf.constant(filenames)
     offsets_t = tf.constant(offsets, tf.int64)
     obs_keys = (["proprio"] + (["state"] if keep_state else [])

@@ -125,7 +125,7 @@ def load_skill_model(workdir: str, step: int | None = None):
     abstract_model = nnx.eval_shape(lambda: build_model(config, int(config.seed)))
     graphdef, abstract = nnx.split(abstract_model)
     params, _ = checkpoints.restore_params(
-        directory, loading._single_device_target(abstract), step)
+        directory, loading.single_device_target(abstract), step)
     return nnx.merge(graphdef, params), config, step
 
 
@@ -137,7 +137,7 @@ def _indexed_episodes(source, split: str):
 
     from atomskill_jax.data import sources
 
-    filenames, offsets = sources._episode_offsets(source, split)
+    filenames, offsets = sources.episode_offsets(source, split)
     offset_of = dict(zip(filenames, offsets))
     ds = source.builder.as_dataset(
         split=split, shuffle_files=False,

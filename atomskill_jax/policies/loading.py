@@ -61,7 +61,9 @@ def read_workdir_assets(workdir: str, step: int | None = None) -> tuple[dict, st
     return checkpoints.read_assets(directory, step), directory, int(step)
 
 
-def _single_device_target(abstract):
+def single_device_target(abstract):
+    """Restore targets placing every array on the first CPU device: inference loads a
+    checkpoint whatever mesh trained it."""
     device = jax.local_devices(backend="cpu")[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
@@ -77,7 +79,7 @@ def _raw_params(directory: str, step: int, model) -> None:
     path = os.path.join(directory, str(step), "train_state")
     checkpointer = ocp.StandardCheckpointer()
     meta = checkpointer.metadata(path).item_metadata.tree
-    raw = checkpointer.restore(path, _single_device_target(meta))["params"]
+    raw = checkpointer.restore(path, single_device_target(meta))["params"]
     state, replaced = nnx.state(model), 0
     flat = []
     for key, var in nnx.to_flat_state(state):
@@ -106,7 +108,7 @@ def load_model(workdir: str, *, step: int | None = None, use_ema: bool = True):
     seed = int(config.seed)
     abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
     graphdef, abstract = nnx.split(abstract_model)
-    params, _ = checkpoints.restore_params(directory, _single_device_target(abstract), step)
+    params, _ = checkpoints.restore_params(directory, single_device_target(abstract), step)
     model = nnx.merge(graphdef, params)
     if not use_ema:
         _raw_params(directory, step, model)

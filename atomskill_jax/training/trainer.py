@@ -7,7 +7,8 @@ Layout of a workdir:
   W/<stage>/metrics.jsonl           one JSON line per log step
   W/<stage>/tensorboard/            TensorBoard event files
 A workdir holding checkpoints is resumed; one it cannot read stops the run with the
-reason (never a silent restart); `overwrite=True` deletes them first.
+reason (never a silent restart); `overwrite=True` deletes them first. A re-run whose
+config differs from W/config.json beyond scheduling keys is refused (run_config.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from atomskill_jax.data import mesh_batches
-from atomskill_jax.training import checkpoints, mesh as mesh_lib, optimizer, preflight
+from atomskill_jax.training import checkpoints, mesh as mesh_lib, optimizer, preflight, run_config
 from atomskill_jax.training import train_state as ts
 from atomskill_jax.training.metric_writers import MetricWriter
 
@@ -109,9 +110,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
     preflight.check_statistics(pipeline, config.data,
                                num_batches=int(config.train.get("check_statistics_batches", 2)))
     fill_model_dims(config, pipeline)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_json(config), f, indent=1)
+    # Written once; a re-run must be the same run (every process checks, one writes).
+    run_config.record(workdir, config_json(config), write=jax.process_index() == 0)
     results = {}
     for stage in stages:
         results[stage] = run_stage(config, stage, workdir, pipeline, mesh)

@@ -25,5 +25,7 @@ def get_sweep(arg: str = "") -> list[dict]:
         if key != "seeds":
             raise ValueError(f"configs/sweeps/ablations.py: unknown argument {part!r}")
         seeds = int(value)
-    return [{"name": f"{name}_seed{seed}", "seed": seed, **overrides}
+    # A training seed sets the data order too: runs that differ only in the init would
+    # understate the seed-to-seed spread.
+    return [{"name": f"{name}_seed{seed}", "seed": seed, "data.seed": seed, **overrides}
             for name, overrides in ABLATIONS.items() for seed in range(seeds)]

@@ -73,5 +73,6 @@ def get_sweep(arg: str = "") -> list[dict]:
                          f"{', '.join(TABLES)} (e.g. --sweep=configs/sweeps/tables.py:table=table1)")
     if seeds < 1:
         raise ValueError(f"configs/sweeps/tables.py: seeds must be >= 1, got {seeds}")
-    return [{"name": run_name(v, s), "seed": s, **ABLATIONS[v]}
+    # The data order follows the training seed as well as the initialisation.
+    return [{"name": run_name(v, s), "seed": s, "data.seed": s, **ABLATIONS[v]}
             for v in TABLES[table]["variants"] for s in range(seeds)]
