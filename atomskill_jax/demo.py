@@ -1,9 +1,9 @@
 """`atomskill demo`: the embedded default, end to end, on state observations.
 
 Builds `rlbench6` from the MetaWorld experts (noisy execution, clean labels), shows
-the atomic skills, trains AtomSkill and the ACT-like baseline with the `cpu` config,
-evaluates both closed loop on evaluation layouts (never seen in training), plots
-AtomSkill's skill embeddings (t-SNE) and one segmented episode per task, and prints
+the atomic skills, trains AtomSkill and the ACT-like baseline with the `cpu` config and
+the MLP floor (configs/mlp.py:cpu), evaluates all three closed loop on evaluation
+layouts (never seen in training), plots AtomSkill's skill embeddings (t-SNE) and one segmented episode per task, and prints
 the comparison table. Each stage runs the same `atomskill` command a user would type
 (printed before it runs) and reports what it cost.
 """
@@ -56,7 +56,8 @@ def main(args) -> int:
 
     cli._quiet_tensorflow()
     out = os.path.abspath(args.out)
-    data, w_skill, w_act = (os.path.join(out, d) for d in ("data", "atomskill", "act_like"))
+    data, w_skill, w_act, w_mlp = (os.path.join(out, d)
+                                   for d in ("data", "atomskill", "act_like", "mlp"))
     timings: dict[str, float] = {}
     start = time.time()
     _run("build rlbench6 demonstrations", [
@@ -66,25 +67,30 @@ def main(args) -> int:
     _print_skills(os.path.join(data, "metaworld_scripted", "rlbench6", "1.0.0"))
     import configs
 
-    config_file = os.path.join(os.path.dirname(configs.__file__), "atomskill.py")
+    config_dir = os.path.dirname(configs.__file__)
+    config_file = os.path.join(config_dir, "atomskill.py")
     train = ["train", f"--config={config_file}:cpu", f"--config.data.data_dir={data}"]
     _run("train AtomSkill (cpu config)", [*train, f"--workdir={w_skill}"], timings)
     _run("train the ACT-like baseline (no skill tokens)", [
         *train, f"--workdir={w_act}", "--config.model.decoder.skill_conditioning=False"],
         timings)
+    _run("train the MLP floor (state -> action chunk)", [
+        "train", f"--config={os.path.join(config_dir, 'mlp.py')}:cpu",
+        f"--config.data.data_dir={data}", f"--workdir={w_mlp}"], timings)
     evaluate = ["eval", "--suite=rlbench6", f"--episodes={EVAL_EPISODES}", "--seeds=0"]
     _run("evaluate AtomSkill closed loop", [*evaluate, f"--workdir={w_skill}",
                                             "--name=AtomSkill"], timings)
     _run("evaluate the ACT-like baseline", [*evaluate, f"--workdir={w_act}",
                                             "--name=ACT-like"], timings)
+    _run("evaluate the MLP floor", [*evaluate, f"--workdir={w_mlp}", "--name=MLP"], timings)
     _run("plot skill embeddings (t-SNE) and segmentations", [
         "plot", f"--workdir={w_skill}"], timings)
-    _run("compare", ["eval", "--compare", w_skill, w_act], timings)
+    _run("compare", ["eval", "--compare", w_skill, w_act, w_mlp], timings)
     print("\n== what each stage cost")
     for title, seconds in timings.items():
         print(f"   {title:48s} {seconds / 60:5.1f} min")
     print(f"   {'total':48s} {(time.time() - start) / 60:5.1f} min")
-    print(f"\noutputs: dataset {data}\n         workdirs {w_skill}, {w_act} "
+    print(f"\noutputs: dataset {data}\n         workdirs {w_skill}, {w_act}, {w_mlp} "
           "(checkpoints, metrics.jsonl, TensorBoard events, eval/ reports,\n"
           f"         plots/ of {w_skill}: skill t-SNE, segmentations)")
     return 0

@@ -53,6 +53,9 @@ def test_markdown_is_shaped_like_table_1():
     report = _report()
     report.meta["resample_every"] = 8
     assert "skills re-sampled every 8 steps" in rep.to_markdown(report)
+    assert "ensembled" not in rep.to_markdown(report)
+    report.meta["ensemble_m"] = 0.01
+    assert "chunks temporally ensembled (m=0.01)" in rep.to_markdown(report)
     assert "2 episodes per task per seed" in rep.to_markdown(report)
     assert "1 episode per task per seed" in rep.to_markdown(_report(episodes=1))
 

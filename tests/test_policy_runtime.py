@@ -103,6 +103,39 @@ def test_resampling_within_a_skill(workdir):
         RuntimeOptions(resample_every=-1)
 
 
+def test_ensembling_option_and_config_default(workdir):
+    """ensemble_m: the option wins, 'off' turns a config default off, None reads the
+    model config's decoder.ensemble_m (absent in older workdirs: off)."""
+    import argparse
+
+    import ml_collections
+
+    from atomskill_jax.policies import eval_command
+    from atomskill_jax.policies.atomskill_policy import RuntimeOptions, resolve_ensemble_m
+    from atomskill_jax.policies.loading import load_policy
+
+    model = ml_collections.ConfigDict({"decoder": {"ensemble_m": 0.01}})
+    assert resolve_ensemble_m(None, model) == 0.01
+    assert resolve_ensemble_m("off", model) is None
+    assert resolve_ensemble_m(0.3, model) == 0.3
+    assert resolve_ensemble_m(None, ml_collections.ConfigDict({"decoder": {}})) is None
+    for bad in ("often", float("nan"), True):
+        with pytest.raises(ValueError, match="ensemble_m"):
+            RuntimeOptions(ensemble_m=bad)
+    sub = argparse.ArgumentParser().add_subparsers()
+    eval_command.add_parser(sub)
+    parser = sub.choices["eval"]
+    assert parser.parse_args(["--ensemble-m=off"]).ensemble_m == "off"
+    assert parser.parse_args(["--ensemble-m=0.05"]).ensemble_m == 0.05
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ensemble-m=often"])
+    # The loaded policy blends chunks only when asked (the tiny config has no default).
+    assert load_policy(workdir).ensemble_m is None
+    policy = load_policy(workdir, ensemble_m=0.05)
+    policy.reset(_infos(2))
+    assert policy.ensemble_m == 0.05 and policy._chunks.chunks.shape[1] == policy.horizon
+
+
 def test_raw_parameters_differ_from_ema(workdir):
     from flax import nnx
 

@@ -105,6 +105,8 @@ def compare(reports: Sequence[Report | str], names: Sequence[str] | None = None,
             f"checkpoint step {m.get('checkpoint_step')}, "
             + (f"skills re-sampled every {m['resample_every']} steps, "
                if m.get("resample_every") else "")
+            + (f"chunks temporally ensembled (m={m['ensemble_m']:g}), "
+               if m.get("ensemble_m") is not None else "")
             + f"versions {_versions(m.get('versions', {}))}; command: `{m.get('command', '')}`")
     return "\n".join(lines) + "\n"
 

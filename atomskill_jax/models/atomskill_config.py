@@ -69,6 +69,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         # probability, so ψ stays usable with imperfectly sampled skills (not in the paper;
         # see AtomSkill._corrupt_tokens). 0 = the paper.
         "skill_token_corruption": 0.0,
+        # Inference default (policies/atomskill_policy.py): temporal ensembling of the
+        # overlapping chunks of the current skill, weights exp(m * age) (ACT's m = 0.01);
+        # None = off (each step executes the newest chunk's action; the paper).
+        "ensemble_m": None,
     })
     c.loss_weights = ml_collections.ConfigDict({
         "vq": 1.0,

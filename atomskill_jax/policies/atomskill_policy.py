@@ -37,6 +37,7 @@ chunks out with the action space's field, and the trigger's absolute target in w
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from typing import Mapping, Sequence
 
@@ -57,13 +58,20 @@ class RuntimeOptions:
     requery_every: int = 1  # k: decoder calls within a skill every k steps
     max_skill_steps: int | None = None  # None: the calibration's (1.5 x longest segment)
     min_skill_steps: int = 1
-    ensemble_m: float | None = None  # temporal ensembling (ACT: 0.01); None: off
+    # Temporal ensembling weight m (ACT: 0.01); "off"; None: the model config's
+    # `decoder.ensemble_m` (absent or None there: off).
+    ensemble_m: float | str | None = None
     # r > 0: the current skill is sampled again every r steps, ρ told how far into the
     # skill it is (sampler.condition_on_skill_step); 0: held until the trigger (the
     # paper); None: the model config's `sampler.resample_every`.
     resample_every: int | None = None
 
     def __post_init__(self):
+        m = self.ensemble_m
+        if m is not None and m != "off" and (isinstance(m, (str, bool))
+                                               or not math.isfinite(float(m))):
+            raise ValueError(f"ensemble_m must be a finite number, 'off' or None "
+                             f"(the config's), got {m!r}")
         if self.resample_every is not None and int(self.resample_every) < 0:
             raise ValueError(f"resample_every must be >= 0 (0: hold skills until the "
                              f"keypose trigger), got {self.resample_every}")
@@ -73,6 +81,17 @@ class RuntimeOptions:
     dataset_index: int = 0  # which dataset's statistics (multi-dataset runs)
     embodiment: str = "auto"  # delta->absolute adapter (adapters.adapter_for)
     name: str | None = None
+
+
+def resolve_ensemble_m(given, model_config) -> float | None:
+    """The ensembling weight a policy runs with: the option, else the model config's
+    `decoder.ensemble_m`; None when off."""
+    if given == "off":
+        return None
+    if given is not None:
+        return float(given)
+    default = (model_config.get("decoder") or {}).get("ensemble_m")
+    return None if default is None else float(default)
 
 
 class AtomSkillPolicy(Policy):
@@ -91,6 +110,7 @@ class AtomSkillPolicy(Policy):
         self.resample_every = 0 if not self.skills else int(
             options.resample_every if options.resample_every is not None
             else m.sampler.get("resample_every", 0))
+        self.ensemble_m = resolve_ensemble_m(options.ensemble_m, m)
         self.has_keypose = bool(m.decoder.predict_keypose)
         self.horizon, self.action_dim = int(m.horizon), int(m.action_dim)
         self.cameras = tuple(m.cameras)
@@ -138,7 +158,7 @@ class AtomSkillPolicy(Policy):
         self._batch = b
         self._chunks = chaining.ChunkBuffer(b, self.horizon, self.action_dim,
                                             requery_every=self.options.requery_every,
-                                            ensemble_m=self.options.ensemble_m)
+                                            ensemble_m=self.ensemble_m)
         self._trigger = chaining.SkillTrigger(b, epsilon=self.epsilon,
                                               max_skill_steps=self.max_skill_steps,
                                               min_skill_steps=self.options.min_skill_steps)

@@ -11,6 +11,7 @@ a spawned process, rollouts run in spawned workers that load the policy themselv
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -38,8 +39,9 @@ def add_parser(sub) -> None:
                    help="keypose trigger threshold (default: calibrated from the data)")
     p.add_argument("--requery-every", type=int, default=1, help="decoder call every k steps")
     p.add_argument("--max-skill-steps", type=int, default=None)
-    p.add_argument("--ensemble-m", type=float, default=None,
-                   help="temporal ensembling of chunks (ACT: 0.01); default off")
+    p.add_argument("--ensemble-m", type=_ensemble_m, default=None,
+                   help="temporal ensembling of chunks: a weight m (ACT: 0.01) or 'off' "
+                        "(default: the model config's decoder.ensemble_m)")
     p.add_argument("--resample-every", type=int, default=None,
                    help="sample the current skill again every r steps (0: hold it until "
                         "the keypose trigger, the paper; default: the model config's "
@@ -79,7 +81,7 @@ def run(args) -> int:
     from atomskill_jax.envs import metaworld_tasks
     from atomskill_jax.eval import evaluate, to_markdown, write_report
     from atomskill_jax.policies import calibration
-    from atomskill_jax.policies.atomskill_policy import RuntimeOptions
+    from atomskill_jax.policies.atomskill_policy import RuntimeOptions, resolve_ensemble_m
     from atomskill_jax.policies.loading import policy_factory, read_workdir_assets
 
     suite = args.suite if args.suite or args.tasks else "rlbench6"
@@ -107,6 +109,7 @@ def run(args) -> int:
     report.meta["workdir"] = workdir
     report.meta["runtime_options"] = dict(options, use_ema=not args.no_ema)
     report.meta["resample_every"] = _resample_every(assets, args.resample_every)
+    report.meta["ensemble_m"] = resolve_ensemble_m(args.ensemble_m, _model_config(assets))
     report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
     paths = write_report(report, out)
     print(to_markdown(report))
@@ -114,13 +117,26 @@ def run(args) -> int:
     return 0
 
 
+def _ensemble_m(text: str):
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (ACT: 0.01) or 'off', got {text!r}")
+
+
+def _model_config(assets: dict) -> dict:
+    config = assets.get("config", {})
+    config = json.loads(config) if isinstance(config, str) else config
+    return config.get("model", {})
+
+
 def _resample_every(assets: dict, given: int | None) -> int:
     """The re-sampling period the policy used (given, else the model config's)."""
     if given is not None:
         return int(given)
-    config = assets.get("config", {})
-    config = json.loads(config) if isinstance(config, str) else config
-    model = config.get("model", {})
+    model = _model_config(assets)
     if not model.get("decoder", {}).get("skill_conditioning", True):
         return 0
     return int(model.get("sampler", {}).get("resample_every", 0))
