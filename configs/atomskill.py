@@ -86,6 +86,10 @@ def _small_model(m, *, d_model, heads, mlp, enc_layers, dec_layers, tokens, code
 def _cpu(c):
     d = c.data
     d.use_state, d.cameras = True, ()
+    # Batch 64 keeps `make demo` under 20 minutes. Batch 256 (--config.data.batch_size=256,
+    # ~4x the training time: ~12 min for AtomSkill) did better on rlbench6, 3 eval seeds x
+    # 20 episodes per task, one training run each: AtomSkill 86.7 -> 91.7%, the ACT-like
+    # baseline 87.2 -> 95.6% (batch 128: 87.5%).
     d.batch_size, d.horizon, d.skill_resample_length = 64, 16, 32
     d.example_shuffle_buffer = 2000
     _small_model(c.model, d_model=64, heads=4, mlp=128, enc_layers=2, dec_layers=2,
