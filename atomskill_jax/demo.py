@@ -3,9 +3,9 @@
 Builds `rlbench6` from the MetaWorld experts (noisy execution, clean labels), shows
 the atomic skills, trains AtomSkill and the ACT-like baseline with the `cpu` config and
 the MLP floor (configs/mlp.py:cpu), evaluates all three closed loop on evaluation
-layouts (never seen in training), plots AtomSkill's skill embeddings (t-SNE) and one segmented episode per task, and prints
-the comparison table. Each stage runs the same `atomskill` command a user would type
-(printed before it runs) and reports what it cost.
+layouts (never seen in training), plots AtomSkill's skill embeddings (t-SNE) and one
+segmented episode per task, and prints the comparison table. Each stage runs the same
+`atomskill` command a user would type (printed before it runs) and reports what it cost.
 """
 
 from __future__ import annotations

@@ -51,4 +51,3 @@ def tiny_trained_workdir(metaworld_rlds_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_trained_workdir")
     run_child(TINY_TRAIN, 1, metaworld_rlds_dir, out)
     return str(out)
-

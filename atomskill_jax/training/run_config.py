@@ -22,6 +22,9 @@ RESUMABLE_PREFIXES = ("train.", "mesh.", "distributed.", "wandb.", "stage", "var
                       "data.data_dir", "data.num_parallel_calls", "data.prefetch")
 
 
+_ABSENT = object()  # a key one of the two configs does not have
+
+
 class ConfigMismatchError(ValueError):
     pass
 
@@ -40,9 +43,8 @@ def flatten(tree, prefix: str = "") -> dict:
 def differences(old: dict, new: dict) -> dict:
     """{dotted key: (old value, new value)} for keys whose values differ or exist once."""
     a, b = flatten(old), flatten(new)
-    missing = object()
-    return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)}
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
 
 def _resumable(key: str) -> bool:
@@ -51,8 +53,7 @@ def _resumable(key: str) -> bool:
 
 
 def _show(value) -> str:
-    return "(absent)" if not isinstance(value, (str, int, float, bool, list, type(None))) \
-        else json.dumps(value)
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def _write(path: str, config: dict) -> None:
