@@ -99,7 +99,8 @@ def test_restore_gives_identical_batches_in_process_and_in_a_new_process(images_
     out = tmp_path / "child.npz"
     result = subprocess.run(
         [sys.executable, "-c", CHILD, config.to_json(), str(tmp_path / "state"), "4", str(out)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored at 3" in result.stdout
     child = np.load(out)
