@@ -5,14 +5,19 @@
 
 Each request consumes the next scripted reply (a callable script gets the request
 body instead); a run past the end of the script gets HTTP 500 "script exhausted".
-Requests are recorded. The server binds 127.0.0.1 on an ephemeral port, serves from
-a daemon thread and shuts itself down on exit or after `lifetime_s` at the latest.
+Requests are recorded; a slow reply whose client hangs up before the delay is over
+is not sent, and its request is marked `client_hung_up` (how a test sees that the
+client gave up, without timing it). The server binds 127.0.0.1 on an ephemeral
+port, serves from a daemon thread and shuts itself down on exit or after
+`lifetime_s` at the latest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +63,24 @@ def slow(delay_s: float, reply: Reply) -> Reply:
     return dataclasses.replace(reply, delay_s=delay_s)
 
 
+def _hung_up_within(conn: socket.socket, delay_s: float) -> bool:
+    """Waits `delay_s`; True as soon as the client closes its end (EOF or reset)."""
+    deadline = time.monotonic() + delay_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([conn], [], [], remaining)
+        if not readable:
+            return False
+        try:
+            if conn.recv(1, socket.MSG_PEEK) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        # The client sent more bytes (it should not): just wait out the delay.
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return False
+    return False
+
+
 class FakeVLMServer:
     def __init__(self, script: list[Reply] | Callable[[dict], Reply], lifetime_s: float = 60.0):
         self.script = script
@@ -77,9 +100,10 @@ class FakeVLMServer:
                     body = json.loads(raw)
                 except ValueError:
                     body = None
-                reply = server._next(self.path, dict(self.headers), body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                reply, record = server._next(self.path, dict(self.headers), body)
+                if reply.delay_s and _hung_up_within(self.connection, reply.delay_s):
+                    record["client_hung_up"] = True
+                    return
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")
@@ -101,14 +125,15 @@ class FakeVLMServer:
         self._timer.daemon = True
         self._stopped = False
 
-    def _next(self, path: str, headers: dict, body) -> Reply:
+    def _next(self, path: str, headers: dict, body) -> tuple[Reply, dict]:
         with self._lock:
-            self.requests.append({"path": path, "headers": headers, "body": body})
+            record = {"path": path, "headers": headers, "body": body, "client_hung_up": False}
+            self.requests.append(record)
             if callable(self.script):
-                return self.script(body)
+                return self.script(body), record
             if not self.script:
-                return Reply(status=500, body=b'{"error": "script exhausted"}')
-            return self.script.pop(0)
+                return Reply(status=500, body=b'{"error": "script exhausted"}'), record
+            return self.script.pop(0), record
 
     def start(self) -> FakeVLMServer:
         self._thread.start()
