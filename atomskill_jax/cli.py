@@ -13,6 +13,10 @@
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
 them, so `atomskill --help` is instant.
+
+Known failures (bad data, configs, files; TensorFlow read errors) print one message,
+the innermost cause first, and exit with status 2, without a traceback; set
+ATOMSKILL_TRACEBACK=1 to have the traceback instead.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ NOT_YET = {
     "serve": "a later issue (websocket policy server)",
 }
 BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench")
+TRACEBACK_ENV = "ATOMSKILL_TRACEBACK"
+KNOWN_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError, RuntimeError)
 
 
 def _quiet_tensorflow() -> None:
@@ -38,6 +44,20 @@ def _quiet_tensorflow() -> None:
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's "custom data configuration"
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # deprecation notices
+
+
+def _show_our_logs() -> None:
+    # Our INFO messages (resume, stage start, statistics) without orbax's: absl owns
+    # the root logger.
+    import logging
+
+    ours = logging.getLogger("atomskill_jax")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 def _positive_int(text: str) -> int:
@@ -162,6 +182,7 @@ def _add_stats(sub) -> None:
 
 def _cmd_stats(args) -> int:
     _quiet_tensorflow()
+    _show_our_logs()  # "computing statistics", "recomputing an old file"
     import numpy as np
 
     from atomskill_jax.data import sources, statistics_compute
@@ -197,17 +218,9 @@ def _add_train_and_sweep(sub) -> None:
 
 def _cmd_train(args) -> int:
     _quiet_tensorflow()
-    import logging
-
+    _show_our_logs()
     from atomskill_jax.training import config_flags, trainer
 
-    # Our INFO messages (resume, stage start) without orbax's: absl owns the root logger.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    ours = logging.getLogger("atomskill_jax")
-    ours.setLevel(logging.INFO)
-    ours.addHandler(handler)
-    ours.propagate = False
     config = config_flags.apply_overrides(config_flags.load_config(args.config),
                                           args.config_overrides)
     results = trainer.train(config, args.workdir, overwrite=args.overwrite)
@@ -272,10 +285,42 @@ def main(argv: list[str] | None = None) -> int:
                "reproduce": reproduce.run}[args.command]
     try:
         return handler(args)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError,
-            RuntimeError) as err:
-        print(f"atomskill {args.command}: {err}", file=sys.stderr)
+    except _known_errors() as err:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"atomskill {args.command}: {describe_error(err)}", file=sys.stderr)
         return 2
+
+
+def _known_errors() -> tuple:
+    tf = sys.modules.get("tensorflow")  # never imported here just to catch its errors
+    op_error = getattr(getattr(tf, "errors", None), "OpError", None)
+    return KNOWN_ERRORS + ((op_error,) if isinstance(op_error, type) else ())
+
+
+def _short(err: BaseException) -> str:
+    message = getattr(err, "message", None)  # TensorFlow's OpError: without decorations
+    text = (message if isinstance(message, str) else str(err)).strip()
+    if text.startswith("{{function_node"):
+        text = text.split("}}", 1)[-1].strip()
+    text = (text.splitlines() or [""])[0].split(" [Op:", 1)[0]
+    if isinstance(err, KeyError) or isinstance(message, str) or not text:
+        return f"{type(err).__name__}: {text}".rstrip(": ")  # the type says what it is
+    return text
+
+
+def describe_error(err: BaseException) -> str:
+    """One line, innermost cause first: a cause the message does not already quote
+    leads, then the message (the context)."""
+    text = _short(err)
+    cause = err.__cause__
+    while cause is not None:
+        inner = _short(cause)
+        bare = inner.split(": ", 1)[-1]
+        if bare and bare not in text:
+            text = f"{inner}; {text}"
+        cause = cause.__cause__
+    return text
 
 
 if __name__ == "__main__":

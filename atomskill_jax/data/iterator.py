@@ -26,7 +26,8 @@ class DataIterator:
     """Yields normalised batches: numpy (local) without a mesh, global jax.Arrays with one."""
 
     def __init__(self, dataset: tf.data.Dataset, *, normalize: Callable | None = None,
-                 mesh=None, global_batch_size: int | None = None):
+                 mesh=None, global_batch_size: int | None = None,
+                 explain_error: Callable[[Exception], Exception | None] | None = None):
         if mesh is not None and global_batch_size is not None:
             mesh_batches.check_batch_size(global_batch_size, mesh)
         self._iterator = iter(dataset)
@@ -34,6 +35,7 @@ class DataIterator:
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator, batches=self._batches)
         self._normalize = normalize
         self._mesh = mesh
+        self._explain_error = explain_error  # a TF read error -> a clearer one (or None)
 
     @property
     def batches_read(self) -> int:
@@ -41,7 +43,13 @@ class DataIterator:
 
     def next_local(self) -> dict[str, Any]:
         """The next batch of this process, as a dict of numpy arrays (normalised)."""
-        batch = jax.tree.map(np.asarray, next(self._iterator))
+        try:
+            batch = jax.tree.map(np.asarray, next(self._iterator))
+        except tf.errors.OpError as err:
+            better = self._explain_error(err) if self._explain_error else None
+            if better is None:
+                raise
+            raise better from err
         self._batches.assign_add(1)
         return self._normalize(batch) if self._normalize else batch
 

@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 
-from atomskill_jax.data import frame_transforms, sources, statistics_compute, traj_transforms
+from atomskill_jax.data import (frame_transforms, read_errors, sources, statistics_compute,
+                                traj_transforms)
 from atomskill_jax.data.iterator import DataIterator
 from atomskill_jax.data.normalization import Normalizer, normalizer_from_config
 from atomskill_jax.data.statistics import DatasetStatistics
@@ -157,14 +158,25 @@ class DataPipeline:
     normalizer: Normalizer
     global_batch_size: int
     build: Callable[[], tf.data.Dataset]
+    split: str = "train"
 
     def dataset(self) -> tf.data.Dataset:
-        """Local batches (this process's share), before normalisation."""
+        """Local batches (this process's share), before normalisation. Iterate it with
+        `numpy_batches` to have damaged shards named."""
         return self.build()
+
+    def numpy_batches(self):
+        """Local batches as numpy, before normalisation; read errors name the shard."""
+        return read_errors.iterate(self.build().as_numpy_iterator(), self.sources, self.split)
+
+    def explain_error(self, err: Exception):
+        """The DatasetError naming the damaged shard behind TensorFlow's `err` (or None)."""
+        return read_errors.explain(err, self.sources, self.split)
 
     def iterator(self, mesh=None) -> DataIterator:
         return DataIterator(self.build(), normalize=self.normalizer.normalize, mesh=mesh,
-                            global_batch_size=self.global_batch_size)
+                            global_batch_size=self.global_batch_size,
+                            explain_error=self.explain_error)
 
 
 def make_pipeline(config, *, train: bool = True, process_index: int | None = None,
@@ -185,4 +197,5 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     build()  # fail now, not at the first batch, if the graph cannot be built
     return DataPipeline(sources=opened, statistics=stats,
                         normalizer=normalizer_from_config(config, stats),
-                        global_batch_size=int(config.batch_size), build=build)
+                        global_batch_size=int(config.batch_size), build=build,
+                        split=config.split)

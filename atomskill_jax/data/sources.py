@@ -10,6 +10,7 @@ Paths go through tf.io.gfile so gs:// buckets work on TPU pods.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from atomskill_jax.data.tf_setup import tf  # first: hides GPUs before anything uses TF
@@ -18,6 +19,7 @@ import tensorflow_datasets as tfds  # noqa: E402  (after tf_setup on purpose)
 
 DATA_DIR_ENV = "ATOMSKILL_DATA_DIR"
 INFO_FILE = "dataset_info.json"
+FEATURES_FILE = "features.json"
 
 # Step fields every training example is built from (the RLDS data contract).
 REQUIRED_STEP_FIELDS = ("action", "action_abs", "keypose", "skill_segment", "skill_label_id",
@@ -93,14 +95,67 @@ class DatasetSource:
         return f"dataset {self.name!r} ({self.directory})"
 
 
+def _load_json(path: str, directory: str):
+    from atomskill_jax.data.rebuild_hint import rebuild_advice
+
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.loads(f.read())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} "
+                           f"column {err.colno}): the dataset's metadata is damaged; "
+                           f"{rebuild_advice(directory)}") from err
+    except (UnicodeDecodeError, tf.errors.OpError, OSError) as err:
+        raise DatasetError(f"{path} cannot be read ({type(err).__name__}: {err}); "
+                           f"{rebuild_advice(directory)}") from err
+
+
+def check_info_file(directory: str) -> None:
+    """Raise a DatasetError naming dataset_info.json (or features.json) if it is not
+    valid JSON or lacks what reading needs (tensorflow-datasets' own errors name
+    neither file nor key)."""
+    from atomskill_jax.data.rebuild_hint import rebuild_advice
+
+    path = os.path.join(directory, INFO_FILE)
+    info = _load_json(path, directory)
+
+    def bad(what: str):
+        return DatasetError(f"{path}: {what}: the dataset's metadata is damaged; "
+                            f"{rebuild_advice(directory)}")
+
+    if not isinstance(info, dict):
+        raise bad(f"expected a JSON object, found {type(info).__name__}")
+    for key in ("name", "version", "splits"):
+        if key not in info:
+            raise bad(f"key {key!r} missing")
+    if not isinstance(info["splits"], list) or not info["splits"]:
+        raise bad("'splits' is not a non-empty list")
+    for i, split in enumerate(info["splits"]):
+        if not isinstance(split, dict) or "name" not in split:
+            raise bad(f"splits[{i}] has no 'name'")
+        lengths = split.get("shardLengths")
+        if not isinstance(lengths, list) or not lengths:
+            raise bad(f"splits[{i}] ({split['name']!r}): 'shardLengths' missing or empty")
+        if not all(str(n).isdigit() for n in lengths):
+            raise bad(f"splits[{i}] ({split['name']!r}): 'shardLengths' {lengths} are not "
+                      f"episode counts")
+    features = os.path.join(directory, FEATURES_FILE)
+    if tf.io.gfile.exists(features):
+        _load_json(features, directory)
+
+
 def open_source(name_or_path: str, data_dir: str | None = None) -> DatasetSource:
     directory = resolve_dataset_dir(name_or_path, data_dir)
+    check_info_file(directory)
     try:
         builder = tfds.builder_from_directory(directory)
         features = builder.info.features
     except Exception as err:  # noqa: BLE001 - any failure here means "not readable"
-        raise DatasetError(f"dataset {name_or_path!r} ({directory}) cannot be opened by "
-                           f"tensorflow-datasets: {type(err).__name__}: {err}") from err
+        from atomskill_jax.data.rebuild_hint import rebuild_advice
+
+        raise DatasetError(f"{type(err).__name__}: {err} (tensorflow-datasets cannot open "
+                           f"{directory}: its {INFO_FILE} or {FEATURES_FILE} is damaged "
+                           f"or from another tfds version); {rebuild_advice(directory)}") from err
     where = f"dataset {name_or_path!r} ({directory})"
     if "steps" not in features or not isinstance(features["steps"], tfds.features.Dataset):
         raise DatasetError(f"{where} is not RLDS: it has no nested 'steps' feature "

@@ -55,7 +55,7 @@ def check_statistics(pipeline, data_config, *, num_batches: int = 2, tolerance: 
 
 def _check_coverage(pipeline, data_config, num_batches: int, tolerance: float) -> None:
     keys = normalization.normalizer_keys(data_config.action_space)
-    for batch in itertools.islice(pipeline.dataset().as_numpy_iterator(), num_batches):
+    for batch in itertools.islice(pipeline.numpy_batches(), num_batches):
         index = np.asarray(batch.get("dataset_index", np.zeros(1, np.int32)))
         for key, field in keys.items():
             if not normalization.has_path(batch, key):
