@@ -112,3 +112,78 @@ def test_normalizer_from_config_with_mask_aliases():
     np.testing.assert_array_equal(out["observation"]["proprio"][:, 1], x[:, 1])
     np.testing.assert_allclose(out["skill"]["actions"][0],
                                norm.normalize(x, STATS, "min_max"), rtol=1e-6)
+
+
+# -- found by mutation testing (bench/mutation.py normalization) ------------------------
+def test_arithmetic_is_float32_whatever_the_input_dtype():
+    # The trainer, the exported policy and the server must compute the very same bits:
+    # (x - shift) / scale in float32, even for float64 inputs and statistics.
+    x = DATA[:50]  # float64
+    mean = STATS.mean.astype(np.float32)
+    std = np.where(STATS.std < norm.EPS, 1.0, STATS.std).astype(np.float32)  # dim 2: constant
+    y = norm.normalize(x, STATS, "mean_std")
+    np.testing.assert_array_equal(y, (x.astype(np.float32) - mean) / std)
+    back = norm.unnormalize(y.astype(np.float64), STATS, "mean_std")
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, y * std + mean)
+    masked = norm.normalize(x, STATS, "mean_std", mask=[True, False, True])
+    assert masked.dtype == np.float32
+    assert norm.FieldStatistics.from_json(STATS.to_json()).mean.dtype == np.float32
+
+
+def test_spread_exactly_eps_is_still_divided():
+    # Only a spread *below* eps counts as constant.
+    stats = norm.FieldStatistics(mean=np.zeros(1), std=np.full(1, norm.EPS), min=np.zeros(1),
+                                 max=np.zeros(1), p01=np.zeros(1), p99=np.zeros(1))
+    y = norm.normalize(np.full((1, 1), norm.EPS, np.float32), stats, "mean_std")
+    assert y[0, 0] == pytest.approx(1.0)
+
+
+def test_unknown_mode_is_named():
+    with pytest.raises(ValueError, match="unknown normalisation mode 'zscore'"):
+        norm.normalize(DATA[:2], STATS, "zscore")
+
+
+def test_mask_on_action_chunks_of_rank_three():
+    # Action chunks are [B, H, A]: the mask applies to the last axis only.
+    chunk = np.stack([DATA[:4], DATA[4:8]]).astype(np.float32)  # [2, 4, 3]
+    y = norm.normalize(chunk, STATS, "min_max", mask=[False, True, True])
+    np.testing.assert_array_equal(y[..., 0], chunk[..., 0])
+    np.testing.assert_allclose(y[..., 1:], norm.normalize(chunk, STATS, "min_max")[..., 1:])
+    with pytest.raises(ValueError, match="mask has 2 entries but the field has 3 dimensions"):
+        norm.normalize(chunk, STATS, "min_max", mask=[True, False])
+
+
+def test_several_datasets_with_one_explicit_index_and_chunks():
+    # The policy unnormalises a predicted chunk [B, H, A] with the dataset index of its
+    # options (a scalar), in both directions, and the batch carries no index.
+    other = _stats(DATA * 10 + 1)
+    normalizer = norm.Normalizer(keys={"action_chunk": "action"},
+                                 statistics=[{"action": STATS}, {"action": other}])
+    chunk = (DATA[:10] * 10 + 1).astype(np.float32).reshape(2, 5, 3)  # H=5 != A=3
+    out = normalizer.normalize({"action_chunk": chunk}, dataset_index=1)["action_chunk"]
+    np.testing.assert_allclose(out, norm.normalize(chunk, other, "mean_std"), rtol=1e-6)
+    back = normalizer.unnormalize({"action_chunk": out}, dataset_index=1)["action_chunk"]
+    np.testing.assert_allclose(back, norm.unnormalize(out, other, "mean_std"), rtol=1e-6)
+    zero = normalizer.unnormalize({"action_chunk": out}, dataset_index=0)["action_chunk"]
+    np.testing.assert_allclose(zero, norm.unnormalize(out, STATS, "mean_std"), rtol=1e-6)
+
+
+def test_normalizer_keys_name_their_statistics_fields():
+    # The keypose is an absolute target: it uses action_abs even for delta actions.
+    assert norm.normalizer_keys("action") == {
+        "action_chunk": "action", "skill/actions": "action", "keypose": "action_abs",
+        "observation/proprio": "observation/proprio",
+        "observation/state": "observation/state"}
+
+
+def test_config_mask_on_a_field_without_alias_and_its_true_entries():
+    from atomskill_jax.data.config import default_data_config
+    config = default_data_config()
+    config.normalization.mode = "mean_std"
+    config.normalization.mask = {"action": (True, False, True)}
+    normalizer = norm.normalizer_from_config(config, [{"action": STATS}])
+    x = DATA[:3].astype(np.float32)
+    out = normalizer.normalize({"action_chunk": x})["action_chunk"]
+    np.testing.assert_array_equal(out[:, 1], x[:, 1])
+    np.testing.assert_allclose(out[:, [0, 2]], norm.normalize(x, STATS, "mean_std")[:, [0, 2]])
