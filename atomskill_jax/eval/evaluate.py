@@ -7,6 +7,12 @@
 Seeds choose evaluation layouts (seed s: layout indices s*N ... s*N+N-1, see
 `envs.metaworld_eval.eval_layouts`), so more seeds means more distinct layouts and
 the confidence interval over seeds covers layout-to-layout variation.
+
+With `out_dir`, nothing finished is lost: the directory is checked before the first
+rollout, every finished episode is written to it as it arrives (`episode_store`), and
+the same call again runs only the episodes missing there. Each job (a batch of one
+task and seed) is seeded from its own episodes, so the resumed report equals an
+uninterrupted one; the batch size of the recorded episodes is reused for that.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from typing import Callable, Sequence
 
 from atomskill_jax.envs import metaworld_tasks
-from atomskill_jax.eval import rollout, stages
+from atomskill_jax.eval import episode_store, rollout, stages
 from atomskill_jax.eval.report import Report
 from atomskill_jax.policies.base import Policy
 
@@ -57,7 +63,8 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
              videos_per_task: int = 0, video_dir: str | None = None,
              video_camera: str = "corner", checkpoint_step: int | None = None,
              command: str | None = None, groups: dict[str, list[str]] | None = None,
-             progress: bool = True) -> Report:
+             progress: bool = True, out_dir: str | None = None,
+             identity: dict | None = None) -> Report:
     """Closed-loop evaluation of a policy on evaluation layouts.
 
     policy_factory: picklable, builds the policy inside each worker process.
@@ -69,6 +76,10 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
     videos_per_task: record the first episodes of the first seed in `video_dir`.
     groups: task groups averaged next to the overall average (default: the
         paper's motion-pattern / localisation groups when evaluating rlbench6).
+    out_dir: where finished episodes are kept (and resumed from); checked first.
+    identity: what decides the policy's actions (checkpoint, runtime options): episodes
+        recorded under another identity are never reused (default: the factory's repr
+        and `checkpoint_step`).
     """
     tasks = [metaworld_tasks.canonical_task(t) for t in tasks]
     seeds = [int(s) for s in seeds]
@@ -78,6 +89,16 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         raise ValueError(f"seeds repeat: {seeds}")
     if videos_per_task and not video_dir:
         raise ValueError("videos_per_task needs a video_dir")
+    store = None
+    if out_dir is not None:
+        out_dir = episode_store.check_output_dir(out_dir)
+        if identity is None:
+            identity = {"policy_factory": repr(policy_factory), "checkpoint_step": checkpoint_step}
+        store = episode_store.EpisodeStore(out_dir, identity, log=_say)
+        if batch_size is None and len(store.batch_sizes) == 1:
+            # A batch shares one random stream: resume in the batches already run.
+            (batch_size,) = store.batch_sizes
+            _say(f"batch size {batch_size}, as the episodes recorded in {store.path}")
     cpus = os.cpu_count() or 1
     if num_workers is None:
         num_workers = cpus
@@ -86,15 +107,30 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         batch_size = max(1, -(-episodes_per_task // jobs_per_task_seed))
     jobs = rollout.make_jobs(tasks, seeds, episodes_per_task, batch_size, max_steps,
                              videos_per_task)
-    num_workers = min(num_workers, len(jobs))
+    recorded = [store.lookup(j) for j in jobs] if store else [None] * len(jobs)
+    todo = [j for j, found in zip(jobs, recorded) if found is None]
+    results = [r for found in recorded if found for r in found]
+    if store and results:
+        _say(f"resuming: {len(results)} of {sum(len(j.episodes) for j in jobs)} episodes "
+             f"already in {store.path}; running the other "
+             f"{sum(len(j.episodes) for j in todo)}")
+    if store and store.rebatched(jobs):
+        _say(f"{store.rebatched(jobs)} episodes in {store.path} ran in other batches "
+             f"(batch size other than {jobs[0].batch_size}) and are run again")
+    num_workers = min(num_workers, len(todo))
     from atomskill_jax.envs.metaworld import render_backend
 
     options = rollout.WorkerOptions(gl_backend=render_backend(),
                                     video_dir=os.path.abspath(video_dir) if
                                     videos_per_task else "", video_camera=video_camera)
     start = time.time()
-    results, spec = rollout.run_jobs(policy_factory, jobs, num_workers=num_workers,
-                               options=options, progress=progress)
+    spec = dict(store.policy_spec) if store else {}
+    if todo:
+        new, spec_run = _run(policy_factory, todo, num_workers, options, progress, store,
+                             len(results))
+        results, spec = results + new, spec_run or spec
+    order = {(j.task, j.seed, e): k for k, j in enumerate(jobs) for e in j.episodes}
+    results.sort(key=lambda r: order[(r.task, r.seed, r.episode)])
     if groups is None:
         groups = GROUPS if set(tasks) == set().union(*GROUPS.values()) else {}
     meta = {
@@ -109,7 +145,38 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stages": {t: [s.name for s in stages.stages_of(t)] for t in tasks},
     }
+    if store:
+        meta["episodes_file"] = store.path
+        meta["episodes_reused"] = len(results) - sum(len(j.episodes) for j in todo)
     return Report(name=name or spec.get("name") or "policy", tasks=tasks, seeds=seeds,
                   episodes_per_task=episodes_per_task, results=results, groups=groups,
                   meta=meta)
 
+
+
+def _say(message: str) -> None:
+    print(f"eval: {message}", flush=True)
+
+
+def _run(policy_factory, jobs, num_workers, options, progress, store, already: int):
+    """rollout.run_jobs, storing each finished job; on failure says what is kept."""
+    saved = [already]
+
+    def keep(job, spec, results):
+        store.add(job, results, spec)
+        saved[0] += len(results)
+
+    def kept() -> str:
+        return (f"{saved[0]} finished episodes are saved in {store.path}; run the same "
+                f"command again to resume from them")
+
+    try:
+        return rollout.run_jobs(policy_factory, jobs, num_workers=num_workers,
+                                options=options, progress=progress,
+                                on_result=keep if store else None)
+    except rollout.WorkerDied as err:
+        raise rollout.WorkerDied(f"{err}. {kept()}" if store else str(err)) from err
+    except BaseException:
+        if store:
+            print(f"eval: interrupted; {kept()}", file=sys.stderr, flush=True)
+        raise

@@ -16,15 +16,25 @@ jitted policy compiles once.
 An episode ends at the first success (as MetaWorld's evaluation does) or after
 `max_steps`. Finished environments stay in the batch with their last observation
 (static shapes for jit); their actions are ignored.
+
+A job is the unit of reproducibility: policies seed their randomness per reset batch
+(e.g. from the first episode's seed and layout), so an episode's result depends on
+the job it ran in, never on the worker or what ran before. `run_jobs` hands each
+finished job to `on_result` as it arrives (evaluate stores it), and a worker that dies
+is reported with the jobs the workers were running.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import dataclasses
+import json
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -49,6 +59,11 @@ class WorkerOptions:
     gl_backend: str = "osmesa"
     video_dir: str = ""
     video_camera: str = "corner"
+    status_dir: str = ""  # workers note their current job here (named if one dies)
+
+
+class WorkerDied(RuntimeError):
+    """A rollout worker process ended abruptly (killed, or crashed in native code)."""
 
 
 _STATE: dict[str, Any] = {}  # per worker process: policy, envs, options
@@ -104,6 +119,19 @@ def _envs(task: str, count: int, spec, max_steps: int) -> list:
 def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     """Runs one job in this process (the worker entry point); returns the policy's
     spec (for the report) and the episode results."""
+    status = _STATE["options"].status_dir
+    if status:
+        with open(os.path.join(status, f"worker-{os.getpid()}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "task": job.task, "seed": job.seed,
+                       "episodes": list(job.episodes)}, f)
+    try:
+        return _run_job(job)
+    finally:
+        if status:
+            os.remove(os.path.join(status, f"worker-{os.getpid()}.json"))
+
+
+def _run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     from atomskill_jax.envs import metaworld_tasks
     from atomskill_jax.envs.metaworld_eval import stack_observations
     from atomskill_jax.eval.stages import StageTracker
@@ -195,10 +223,13 @@ def make_jobs(tasks: Sequence[str], seeds: Sequence[int], episodes_per_task: int
 
 
 def run_jobs(policy_factory: Callable[[], Policy], jobs: Sequence[Job], *,
-             num_workers: int, options: WorkerOptions,
-             progress: bool = True) -> tuple[list[EpisodeResult], dict]:
+             num_workers: int, options: WorkerOptions, progress: bool = True,
+             on_result: Callable[[Job, dict, list[EpisodeResult]], None] | None = None,
+             ) -> tuple[list[EpisodeResult], dict]:
     """Runs jobs on `num_workers` spawned processes (0: in this process); returns
-    the results in job order and the policy's spec."""
+    the results in job order and the policy's spec. `on_result(job, spec, results)`
+    sees each job as it finishes. A dead worker raises WorkerDied naming the jobs the
+    workers were running; jobs finished before it were already handed to `on_result`."""
     from tqdm import tqdm
 
     total = sum(len(j.layouts) for j in jobs)
@@ -207,39 +238,63 @@ def run_jobs(policy_factory: Callable[[], Policy], jobs: Sequence[Job], *,
     successes = 0
     spec: dict = {}
 
-    def collect(output):
+    def collect(job, output):
         nonlocal successes
         spec.update(output[0])
         batch = output[1]
+        if on_result is not None:
+            on_result(job, output[0], batch)
         results.extend(batch)
         successes += sum(r.success for r in batch)
         bar.update(len(batch))
         bar.set_postfix(task=batch[0].task, sr=f"{successes / len(results):.2f}")
 
+    status_dir = ""
     try:
         if num_workers == 0:
             _init_worker(policy_factory, options)
             try:
                 for job in jobs:
-                    collect(run_job(job))
+                    collect(job, run_job(job))
             finally:
                 _close_worker()
         else:
+            status_dir = tempfile.mkdtemp(prefix="atomskill-eval-workers-")
+            options = dataclasses.replace(options, status_dir=status_dir)
             with concurrent.futures.ProcessPoolExecutor(
                     max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_init_worker, initargs=(policy_factory, options)) as pool:
-                futures = [pool.submit(run_job, job) for job in jobs]
+                futures = {pool.submit(run_job, job): job for job in jobs}
                 try:
                     for future in concurrent.futures.as_completed(futures):
-                        collect(future.result())
+                        collect(futures[future], future.result())
+                except concurrent.futures.process.BrokenProcessPool as err:
+                    raise WorkerDied(_dead_worker_message(status_dir)) from err
                 except BaseException:
                     for f in futures:
                         f.cancel()
                     raise
     finally:
         bar.close()
+        if status_dir:
+            shutil.rmtree(status_dir, ignore_errors=True)
     order = {(j.task, j.seed, e): k for k, j in enumerate(jobs) for e in j.episodes}
     return sorted(results, key=lambda r: order[(r.task, r.seed, r.episode)]), spec
+
+
+def _dead_worker_message(status_dir: str) -> str:
+    running = []
+    for name in sorted(os.listdir(status_dir)):
+        try:
+            with open(os.path.join(status_dir, name)) as f:
+                s = json.load(f)
+        except (OSError, ValueError):  # the worker died while writing it
+            continue
+        running.append(f"worker pid {s['pid']}: task {s['task']}, seed {s['seed']}, "
+                       f"episodes {s['episodes']}")
+    where = ("; ".join(running) if running else "no job had started")
+    return (f"a rollout worker process ended abruptly (killed, out of memory, or crashed "
+            f"in the simulator or renderer); the workers were running: {where}")
 
 
 def _close_worker() -> None:

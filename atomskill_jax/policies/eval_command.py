@@ -3,9 +3,12 @@
     atomskill eval --workdir=W --suite=rlbench6 --episodes=20 --seeds=0,1,2 [--workers=K]
     atomskill eval --compare W1 W2 DIR3 ...     # workdirs (their latest report) or report dirs
 
-The report (JSON, CSV, markdown) goes to --out, default W/eval/<suite>-step<S>-<time>,
+The report (JSON, CSV, markdown) goes to --out, default W/eval/<suite>-step<S>-<id>
+(<id> hashes the evaluation: checkpoint, runtime options, tasks, seeds, episodes, cap),
 and records the command, seeds, checkpoint step, runtime options, ε calibration and
-versions. This process never imports TensorFlow: ε calibration reads the dataset in
+versions. --out is checked before anything runs; finished episodes are written there as
+they arrive, and the same command again (after a kill or a dead worker) runs only the
+missing ones (`eval.episode_store`). This process never imports TensorFlow: ε calibration reads the dataset in
 a spawned process, rollouts run in spawned workers that load the policy themselves.
 """
 
@@ -16,7 +19,6 @@ import glob
 import json
 import os
 import sys
-import time
 
 
 def add_parser(sub) -> None:
@@ -80,6 +82,7 @@ def run(args) -> int:
         return 2
     from atomskill_jax.envs import metaworld_tasks
     from atomskill_jax.eval import evaluate, to_markdown, write_report
+    from atomskill_jax.eval.episode_store import check_output_dir, digest
     from atomskill_jax.policies import calibration
     from atomskill_jax.policies.atomskill_policy import RuntimeOptions, resolve_ensemble_m
     from atomskill_jax.policies.loading import policy_factory, read_workdir_assets
@@ -87,17 +90,28 @@ def run(args) -> int:
     suite = args.suite if args.suite or args.tasks else "rlbench6"
     tasks = metaworld_tasks.resolve_tasks(suite if not args.tasks else None, args.tasks)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.out:  # before any work: a bad --out must not cost the whole evaluation
+        check_output_dir(args.out)
     workdir = os.path.abspath(args.workdir)
     assets, _, step = read_workdir_assets(workdir, args.step)
-    calib = calibration.ensure_calibration(workdir, assets)
     options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
                "resample_every": args.resample_every,
                "name": args.name or os.path.basename(workdir)}
     RuntimeOptions(**options)  # fail here, not in every worker
+    resample_every = _resample_every(assets, args.resample_every)
+    ensemble_m = resolve_ensemble_m(args.ensemble_m, _model_config(assets))
+    # What decides the actions, besides the episode (the name does not).
+    identity = {"workdir": workdir, "checkpoint_step": step, "use_ema": not args.no_ema,
+                **{k: v for k, v in options.items() if k != "name"},
+                "resample_every": resample_every, "ensemble_m": ensemble_m}
     label = suite if not args.tasks else "tasks"
-    out = args.out or os.path.join(workdir, "eval",
-                                   f"{label}-step{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    what = {"identity": identity, "tasks": [metaworld_tasks.canonical_task(t) for t in tasks],
+            "seeds": seeds, "episodes": args.episodes, "max_steps": args.max_steps}
+    out = args.out or os.path.join(workdir, "eval", f"{label}-step{step}-{digest(what)}")
+    out = check_output_dir(out, "--out" if args.out else "--out (default under the workdir)")
+    calib = calibration.ensure_calibration(workdir, assets)
+    identity["calibration"] = {k: calib.get(k) for k in ("epsilon", "max_skill_steps")}
     factory = policy_factory(workdir, step=step, use_ema=not args.no_ema, **options)
     argv = getattr(args, "argv", None)
     command = " ".join(["atomskill"] + list(sys.argv[1:] if argv is None else argv))
@@ -105,11 +119,12 @@ def run(args) -> int:
                       max_steps=args.max_steps, num_workers=args.workers,
                       videos_per_task=args.videos,
                       video_dir=os.path.join(out, "videos") if args.videos else None,
-                      checkpoint_step=step, command=command)
+                      checkpoint_step=step, command=command, out_dir=out,
+                      identity=identity)
     report.meta["workdir"] = workdir
     report.meta["runtime_options"] = dict(options, use_ema=not args.no_ema)
-    report.meta["resample_every"] = _resample_every(assets, args.resample_every)
-    report.meta["ensemble_m"] = resolve_ensemble_m(args.ensemble_m, _model_config(assets))
+    report.meta["resample_every"] = resample_every
+    report.meta["ensemble_m"] = ensemble_m
     report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
     paths = write_report(report, out)
     print(to_markdown(report))
