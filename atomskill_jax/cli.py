@@ -298,30 +298,17 @@ def _known_errors() -> tuple:
     return KNOWN_ERRORS + ((op_error,) if isinstance(op_error, type) else ())
 
 
-def _short(err: BaseException) -> str:
-    message = getattr(err, "message", None)  # TensorFlow's OpError: without decorations
-    text = (message if isinstance(message, str) else str(err)).strip()
-    if text.startswith("{{function_node"):
-        text = text.split("}}", 1)[-1].strip()
-    text = (text.splitlines() or [""])[0].split(" [Op:", 1)[0]
-    if isinstance(err, KeyError) or isinstance(message, str) or not text:
-        return f"{type(err).__name__}: {text}".rstrip(": ")  # the type says what it is
-    return text
-
-
 def describe_error(err: BaseException) -> str:
-    """One line, innermost cause first: a cause the message does not already quote
-    leads, then the message (the context)."""
-    text = _short(err)
-    cause = err.__cause__
-    while cause is not None:
-        inner = _short(cause)
-        bare = inner.split(": ", 1)[-1]
-        if bare and bare not in text:
-            text = f"{inner}; {text}"
-        cause = cause.__cause__
-    return text
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """What is printed for a known error: its message, which (for ours) puts the
+    innermost cause first, then the context. TensorFlow's errors (left only where no
+    module explains them) keep their first line, without graph-node decorations."""
+    message = getattr(err, "message", None)  # TensorFlow's OpError
+    if isinstance(message, str):
+        text = message.strip()
+        if text.startswith("{{function_node"):
+            text = text.split("}}", 1)[-1].strip()
+        text = (text.splitlines() or [""])[0].split(" [Op:", 1)[0]
+        return f"{type(err).__name__}: {text}"
+    if isinstance(err, KeyError):  # str() is only the key
+        return f"KeyError: {err}"
+    return str(err) or type(err).__name__

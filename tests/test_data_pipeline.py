@@ -209,8 +209,9 @@ def test_dataset_resolution_and_errors(state_dir, tmp_path):
     with pytest.raises(sources.DatasetError, match="not an RLDS dataset"):
         sources.open_source(str(junk))
     (junk / "dataset_info.json").write_text("{garbage")
-    with pytest.raises(sources.DatasetError, match="cannot be opened"):
+    with pytest.raises(sources.DatasetError, match="is not valid JSON") as err:
         sources.open_source(str(junk))
+    assert str(junk / "dataset_info.json") in str(err.value)
 
     table = _NotRlds(data_dir=str(tmp_path / "table"))
     table.download_and_prepare()
