@@ -1,0 +1,119 @@
+"""Helpers for the trainer tests: child training processes whose every read has a
+timeout (a hung child is a test failure showing its stderr, and is killed), and a
+dump of a checkpoint's arrays for exact comparisons."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from tests.tiny_model import CHILD_PRELUDE, REPO, child_env
+
+# Appended to a child's code: `dump(workdir, stage, step, out)` writes every array of
+# the checkpoint's `params` and `train_state` items, restored replicated onto this
+# process's devices (whatever device count wrote them), to out as npz, keyed
+# "<item><keypath>".
+DUMP_CODE = """
+def dump(workdir, stage, step, out):
+    import numpy as np, orbax.checkpoint as ocp
+    from jax.sharding import NamedSharding, PartitionSpec
+    mesh = jax.make_mesh((jax.device_count(),), ('d',))
+    arrays = {}
+    for item in ('params', 'train_state'):
+        path = os.path.join(workdir, stage, 'checkpoints', str(step), item)
+        checkpointer = ocp.StandardCheckpointer()
+        meta = checkpointer.metadata(path).item_metadata.tree
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+            m.shape, m.dtype, sharding=NamedSharding(mesh, PartitionSpec())), meta)
+        for p, x in jax.tree_util.tree_leaves_with_path(checkpointer.restore(path, target)):
+            arrays[item + jax.tree_util.keystr(p)] = np.asarray(x)
+    np.savez(out, **arrays)
+"""
+
+
+class Child:
+    """A Python child (tests.tiny_model's prelude: argv[1] = fake device count) whose
+    stdout and stderr are drained by threads, so no read can block forever."""
+
+    def __init__(self, code: str, devices: int, *args, cache_dir=None, env=None):
+        full_env = child_env(cache_dir)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_PRELUDE + code, str(devices), *map(str, args)],
+            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._lines: queue.Queue = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [threading.Thread(target=self._drain, args=(self.proc.stdout, True),
+                                          daemon=True),
+                         threading.Thread(target=self._drain, args=(self.proc.stderr, False),
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _drain(self, stream, is_stdout: bool) -> None:
+        for line in stream:
+            (self.stdout if is_stdout else self.stderr).append(line)
+            if is_stdout:
+                self._lines.put(line)
+        if is_stdout:
+            self._lines.put(None)  # end of output
+
+    def _fail(self, what: str):
+        self.kill()
+        tail = "".join(self.stderr)[-4000:]
+        raise AssertionError(f"child process {what}; its stderr ends:\n{tail}")
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        """The first stdout line starting with `prefix`, within `timeout` seconds."""
+        try:
+            while True:
+                line = self._lines.get(timeout=timeout)
+                if line is None:
+                    self.proc.wait(timeout=30)
+                    self._fail(f"exited ({self.proc.returncode}) without printing {prefix!r}")
+                if line.startswith(prefix):
+                    return line
+        except queue.Empty:
+            self._fail(f"printed no {prefix!r} line within {timeout:.0f} s (hung?)")
+
+    def finish(self, timeout: float) -> str:
+        """Wait for a successful exit; its whole stdout."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._fail(f"did not finish within {timeout:.0f} s")
+        for t in self._threads:
+            t.join(timeout=30)
+        if self.proc.returncode != 0:
+            self._fail(f"failed with exit code {self.proc.returncode}")
+        return "".join(self.stdout)
+
+    def kill(self) -> None:
+        """SIGKILL (a machine failure: nothing runs after it) and reap."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+def load_dump(path) -> dict:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def assert_same_arrays(expected: dict, actual: dict, what: str) -> None:
+    """Every array equal, bit for bit (same programs on the same devices)."""
+    assert sorted(expected) == sorted(actual), f"{what}: different array names"
+    different = [k for k in expected if not np.array_equal(expected[k], actual[k])]
+    assert not different, f"{what}: arrays differ: {different}"
+
+
+def ckpt_dir(workdir, stage: str, step: int | None = None) -> str:
+    path = os.path.join(str(workdir), stage, "checkpoints")
+    return path if step is None else os.path.join(path, str(step))
