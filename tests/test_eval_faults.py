@@ -84,6 +84,15 @@ def test_a_killed_worker_keeps_finished_episodes_and_the_rerun_runs_only_the_res
     assert same_report(run(batch_size=None, out_dir=out, identity=IDENTITY), reference)
     assert NoisyExpert.batches == []
 
+    path = store_file(out)  # the first episode's record removed: only it runs again,
+    with open(path) as f:   # and takes its place in the report
+        lines = [line for line in f if '"result": {"task": "reach", "seed": 0, "episode": 0'
+                 not in line]
+    with open(path, "w") as f:
+        f.writelines(lines)
+    assert same_report(run(out_dir=out, identity=IDENTITY), reference)
+    assert NoisyExpert.batches == [[0]]
+
 
 def test_a_torn_last_line_is_rerun_and_other_configurations_are_kept_apart(tmp_path, capsys):
     out = str(tmp_path / "report")

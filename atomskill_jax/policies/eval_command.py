@@ -90,8 +90,6 @@ def run(args) -> int:
     suite = args.suite if args.suite or args.tasks else "rlbench6"
     tasks = metaworld_tasks.resolve_tasks(suite if not args.tasks else None, args.tasks)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.out:  # before any work: a bad --out must not cost the whole evaluation
-        check_output_dir(args.out)
     workdir = os.path.abspath(args.workdir)
     assets, _, step = read_workdir_assets(workdir, args.step)
     options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
@@ -109,7 +107,8 @@ def run(args) -> int:
     what = {"identity": identity, "tasks": [metaworld_tasks.canonical_task(t) for t in tasks],
             "seeds": seeds, "episodes": args.episodes, "max_steps": args.max_steps}
     out = args.out or os.path.join(workdir, "eval", f"{label}-step{step}-{digest(what)}")
-    out = check_output_dir(out, "--out" if args.out else "--out (default under the workdir)")
+    # Before calibrating or rolling out: a bad --out must not cost the whole evaluation.
+    out = check_output_dir(out, "--out" if args.out else "the default --out")
     calib = calibration.ensure_calibration(workdir, assets)
     identity["calibration"] = {k: calib.get(k) for k in ("epsilon", "max_skill_steps")}
     factory = policy_factory(workdir, step=step, use_ema=not args.no_ema, **options)
