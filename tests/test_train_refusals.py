@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from atomskill_jax.data import sources, statistics, statistics_compute
-from atomskill_jax.training import checkpoints, run_config, trainer
+from atomskill_jax.training import checkpoints, checksums, run_config, trainer
 from tests.tiny_model import tiny_train_config
 
 
@@ -58,6 +58,10 @@ def test_unreadable_checkpoint_stops_the_run(trained, metaworld_rlds_dir, tmp_pa
     for name in os.listdir(item):  # the array data gone, the step directory still there
         path = item / name
         shutil.rmtree(path) if path.is_dir() else path.write_text("garbage")
+    # As saved before checksum manifests existed: nothing tells the damage apart from a
+    # config mismatch, so the restore itself must refuse (with a manifest, the resume
+    # sets the step aside instead: tests/test_train_faults.py).
+    os.remove(workdir / "skill" / "checkpoints" / "4" / checksums.FILENAME)
     with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/4 exists but cannot"):
         trainer.train(_config(metaworld_rlds_dir), str(workdir))
     # A config whose model no longer matches the checkpoint: also refused, not retrained.

@@ -10,6 +10,12 @@ model has a skill space and that stage has checkpoints (it holds the frozen skil
 model too), else `skill` (the ACT-like baseline, or a run stopped after stage one:
 its sampler is untrained, which is refused).
 
+Every file read is checked against the step's checksum manifest first: a damaged step
+is refused (checkpoints.DamagedCheckpointError naming the step, the file and the intact
+steps, to load with step=/--step=), never replaced by an older one silently, because an
+evaluation must report the model it was asked for. Steps saved before manifests
+existed load unverified, with a warning.
+
 Never imports TensorFlow (eval workers render with OSMesa, which crashes beside it):
 only orbax, the model, and the numpy-only normalisation/statistics modules.
 """
@@ -77,6 +83,7 @@ def _raw_params(directory: str, step: int, model) -> None:
     import jax.numpy as jnp
 
     path = os.path.join(directory, str(step), "train_state")
+    checkpoints.require_intact(directory, step, ("train_state",))
     checkpointer = ocp.StandardCheckpointer()
     meta = checkpointer.metadata(path).item_metadata.tree
     raw = checkpointer.restore(path, single_device_target(meta))["params"]

@@ -12,22 +12,80 @@ background); keep-last-K; a step directory appears only once complete (orbax wri
 into a temporary directory and renames), so a SIGKILL mid-save leaves the previous
 checkpoint intact. Restore takes an abstract target with the current mesh's
 shardings, so a checkpoint written on 8 devices restores onto 1 and vice versa.
+
+Every step carries a checksum manifest of its items' files (checksums.py), written by
+process 0 once all processes have written and before orbax commits the step, so it
+costs the training thread nothing with async saves. Restores verify it: a training
+resume sets damaged newest steps aside (W/<stage>/damaged_checkpoints/) and resumes
+from the newest intact one, with a warning naming the step and the file; loading a
+policy refuses a damaged step (`DamagedCheckpointError`, naming the step, the file and
+the intact steps to load instead): evaluating silently an older step than asked for
+would report results for the wrong model. Steps saved before manifests existed load
+unverified, with one warning per directory.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import os
+import re
+import shutil
+import threading
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from atomskill_jax.training import checksums
+
+log = logging.getLogger(__name__)
 ITEMS = ("params", "train_state", "data", "assets")
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: steps a resume set aside
+_warned_unverified: set[str] = set()
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used; training must not silently restart."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A step's files do not match its checksum manifest."""
+
+
+_STATUS = re.compile(r"^[A-Z][A-Z_]{2,}: ")
+_TS_SUFFIX = re.compile(r"\s*\[(tensorstore_spec|source locations)=.*$")
+
+
+def failure_message(err: BaseException, limit: int = 600) -> str:
+    """The innermost cause first (TensorStore's own reason, e.g. a byte range past the
+    end of a truncated file), then the outer error, cut at the end, not the start: the
+    outer message is mostly a long TensorStore spec."""
+    chain, seen = [err], {id(err)}
+    while True:
+        nxt = chain[-1].__cause__ or (None if chain[-1].__suppress_context__
+                                      else chain[-1].__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        chain.append(nxt)
+        seen.add(id(nxt))
+    root = chain[-1]
+    reason = " ".join(str(root).split())
+    reason = _TS_SUFFIX.sub("", reason)  # the spec repeats what the paths already say
+    if _STATUS.match(reason) and ": " in reason:
+        # An absl status (TensorStore): "CODE: Error reading A: Error reading B: why";
+        # the innermost clause is the last.
+        context, innermost = reason.rsplit(": ", 1)
+        reason = f"{innermost} (in: {context[:limit]}{' ...' if len(context) > limit else ''})"
+    text = f"{type(root).__name__}: {reason}"
+    if root is not err:
+        outer = " ".join(str(err).split())
+        if len(outer) > limit:
+            outer = outer[:limit] + " ..."
+        text += f" [raised as {type(err).__name__}: {outer}]"
+    return text
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
@@ -65,13 +123,127 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
     iterator: Any
 
 
+class _ChecksummedManager(ocp.CheckpointManager):
+    """A CheckpointManager that writes each step's checksum manifest.
+
+    Async saves: orbax calls `post_finalization_callback` in its commit thread, on the
+    primary process only, after every process has written and before the temporary
+    step directory is renamed; the steps being saved are queued because orbax gives
+    the callback no arguments (saves commit in order, one at a time). Synchronous
+    saves: process 0 writes the manifest into the final directory when save returns.
+    """
+
+    def __init__(self, directory: str, *, options, async_save: bool):
+        self._async = async_save
+        self._queue: collections.deque = collections.deque()
+        self._queue_lock = threading.Lock()
+        if async_save and not options.read_only:
+            options.async_options = ocp.AsyncOptions(
+                post_finalization_callback=self._write_manifest_before_commit)
+        super().__init__(directory, options=options, item_names=ITEMS)
+
+    def _write_manifest_before_commit(self) -> None:
+        with self._queue_lock:
+            step = self._queue.popleft() if self._queue else None
+        root = os.fspath(self.directory)
+        try:
+            tmp = sorted(n for n in os.listdir(root)
+                         if n.startswith(f"{step}.orbax-checkpoint-tmp"))
+            where = os.path.join(root, tmp[0] if tmp else str(step))
+            checksums.write_manifest(where, ITEMS)
+        except Exception as err:  # noqa: BLE001 - a lost manifest must not lose the save
+            log.warning("checkpoint step %s in %s: checksum manifest not written (%s); "
+                        "the step will load unverified", step, root, failure_message(err))
+
+    def save(self, step: int, *args, **kwargs) -> bool:
+        if self._async:
+            with self._queue_lock:
+                self._queue.append(step)
+        saved = super().save(step, *args, **kwargs)
+        if self._async and not saved:
+            with self._queue_lock:
+                if step in self._queue:
+                    self._queue.remove(step)
+        elif saved and not self._async and jax.process_index() == 0:
+            checksums.write_manifest(os.path.join(os.fspath(self.directory), str(step)), ITEMS)
+        return saved
+
+
 def make_manager(directory: str, *, keep: int, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep if keep > 0 else None, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=ITEMS)
+    return _ChecksummedManager(os.path.abspath(directory), options=options,
+                               async_save=async_save)
+
+
+def step_dirs(directory: str) -> list[int]:
+    """Steps with a final (committed) directory, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(n) for n in os.listdir(directory)
+                   if n.isdigit() and os.path.isdir(os.path.join(directory, n))), reverse=True)
+
+
+def check_step(directory: str, step: int, items=None) -> checksums.Verdict:
+    """Verify one step; a step without a manifest is warned about once per directory."""
+    verdict = checksums.verify(os.path.join(directory, str(step)), items)
+    if verdict.status == "unverified" and directory not in _warned_unverified:
+        _warned_unverified.add(directory)
+        log.warning("%s/%d has no checksum manifest (saved before checksums existed): "
+                    "loading it unverified", directory, step)
+    return verdict
+
+
+def set_aside_damaged(directory: str) -> list[str]:
+    """Before a resume: move damaged steps newer than the newest usable one to
+    ../damaged_checkpoints/ (so the resumed run can save those steps again), logging
+    each. Refuses, changing nothing, when no step is usable. Only process 0 moves;
+    the caller synchronises the processes afterwards. Returns the warnings logged."""
+    steps = step_dirs(directory)
+    damaged = []
+    for step in steps:
+        verdict = check_step(directory, step)
+        if verdict.usable:
+            break
+        damaged.append((step, verdict.detail))
+    else:
+        if damaged:
+            listed = "; ".join(f"step {s}: {d}" for s, d in damaged)
+            raise DamagedCheckpointError(
+                f"every checkpoint in {directory} is damaged ({listed}). Restore them from "
+                f"a copy, or pass --overwrite to start afresh (this deletes them)")
+    messages = []
+    if not damaged:
+        return messages
+    resume = steps[len(damaged)]
+    aside = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+    for step, detail in damaged:
+        target = os.path.join(aside, str(step))
+        n = 1
+        while os.path.exists(target):
+            target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            shutil.move(os.path.join(directory, str(step)), target)
+        messages.append(f"checkpoint {directory}/{step} is damaged ({detail}); moved to "
+                        f"{target}; resuming from step {resume}, the newest intact step")
+        log.warning("%s", messages[-1])
+    return messages
+
+
+def require_intact(directory: str, step: int, items) -> None:
+    """Loading a policy: refuse a damaged step, naming the file and the intact steps."""
+    verdict = check_step(directory, step, items)
+    if verdict.usable:
+        return
+    others = [s for s in step_dirs(directory)
+              if s != step and checksums.verify(os.path.join(directory, str(s)), items).usable]
+    hint = (f"intact steps: {others} (load one with --step={others[0]})" if others
+            else "no other intact step: retrain, or restore the checkpoint from a copy")
+    raise DamagedCheckpointError(f"checkpoint {directory}/{step} is damaged: {verdict.detail}; "
+                                 f"refusing to load it ({hint})")
 
 
 def incomplete_saves(directory: str) -> list[str]:
@@ -112,8 +284,8 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
             data=DataIteratorRestore(iterator)))
     except Exception as err:  # noqa: BLE001 - every failure means "cannot resume"
         raise CheckpointError(
-            f"checkpoint {where} exists but cannot be restored ({type(err).__name__}: "
-            f"{str(err)[:800]}). Fix or remove it, or pass --overwrite to start afresh "
+            f"checkpoint {where} exists but cannot be restored: {failure_message(err)}. "
+            f"Fix or remove it, or pass --overwrite to start afresh "
             f"(this deletes the workdir's checkpoints)") from err
     return restored["train_state"]
 
@@ -124,12 +296,15 @@ def restore_params(directory: str, abstract_params, step: int | None = None, *,
 
     `partial`: `abstract_params` may be a subset of what was saved; only that subset
     is read (the sampler stage takes the skill model and leaves the sampler fresh).
+    A step whose params files fail their checksums is refused (DamagedCheckpointError).
     """
     manager = make_manager(directory, keep=0, async_save=False, read_only=True)
     step = manager.latest_step() if step is None else step
     if step is None:
+        manager.close()
         raise CheckpointError(f"no checkpoint in {directory}")
     try:
+        require_intact(directory, step, ("params",))
         if partial:
             args = ocp.args.PyTreeRestore(
                 item=abstract_params, partial_restore=True,
@@ -137,9 +312,11 @@ def restore_params(directory: str, abstract_params, step: int | None = None, *,
         else:
             args = ocp.args.StandardRestore(abstract_params)
         return manager.restore(step, args=ocp.args.Composite(params=args))["params"], step
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"parameters of checkpoint {directory}/{step} cannot be "
-                              f"restored ({type(err).__name__}: {str(err)[:800]})") from err
+                              f"restored: {failure_message(err)}") from err
     finally:
         manager.close()
 
@@ -150,6 +327,7 @@ def read_assets(directory: str, step: int | None = None) -> dict:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {directory}")
+        require_intact(directory, step, ("assets",))
         return manager.restore(step, args=ocp.args.Composite(
             assets=ocp.args.JsonRestore()))["assets"]
     finally:

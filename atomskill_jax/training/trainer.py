@@ -6,9 +6,16 @@ Layout of a workdir:
   W/<stage>/checkpoints/<step>/     orbax items params, train_state, data, assets
   W/<stage>/metrics.jsonl           one JSON line per log step
   W/<stage>/tensorboard/            TensorBoard event files
+  W/train.lock                      held while a trainer runs (workdir_lock.py)
 A workdir holding checkpoints is resumed; one it cannot read stops the run with the
 reason (never a silent restart); `overwrite=True` deletes them first. A re-run whose
 config differs from W/config.json beyond scheduling keys is refused (run_config.py).
+
+Faults: a second trainer on a locked workdir is refused (WorkdirLockedError, naming the
+holder's pid and host; a dead holder's lock is taken over). SIGTERM/SIGINT finish the
+step, checkpoint it durably and raise interrupts.TrainingInterrupted (SystemExit,
+status 128+signum); a rerun resumes at the next step. A resume skips damaged newest
+checkpoints (checksum mismatch; set aside, with a warning) for the newest intact one.
 """
 
 from __future__ import annotations
@@ -26,12 +33,21 @@ import numpy as np
 from flax import nnx
 
 from atomskill_jax.data import mesh_batches
-from atomskill_jax.training import checkpoints, mesh as mesh_lib, optimizer, preflight, run_config
-from atomskill_jax.training import train_state as ts
+from atomskill_jax.training import checkpoints, interrupts, mesh as mesh_lib, optimizer, preflight
+from atomskill_jax.training import run_config, train_state as ts, workdir_lock
 from atomskill_jax.training.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
-HANG_ENV = "ATOMSKILL_TEST_HANG_AFTER_STEP"  # tests: stall after a step, to be SIGKILLed
+# Tests: after this step (its checkpoint, if any, durable) print "HANGING after step N"
+# and stall for an hour, to be SIGKILLed, or signalled (SIGTERM/SIGINT end the stall
+# and the run stops as on any signal).
+HANG_ENV = "ATOMSKILL_TEST_HANG_AFTER_STEP"
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def resolve_stages(stage: str, model_config=None) -> list[str]:
@@ -90,11 +106,15 @@ def _prepare_workdir(workdir: str, overwrite: bool) -> None:
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
-    if jax.process_count() > 1:  # nobody reads the workdir before process 0 cleared it
+    _sync("atomskill_prepare_workdir")  # nobody reads the workdir before process 0 cleared it
+    os.makedirs(workdir, exist_ok=True)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("atomskill_prepare_workdir")
-    os.makedirs(workdir, exist_ok=True)
+        multihost_utils.sync_global_devices(name)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
@@ -104,6 +124,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
 
     config = ml_collections.ConfigDict(config_json(config))  # resolved; callers keep theirs
     stages = resolve_stages(config.stage, config.model)
+    os.makedirs(workdir, exist_ok=True)
+    # The lock before anything is read or written: a refused trainer changes nothing.
+    with workdir_lock.hold(workdir, jax.process_index()), interrupts.StopRequest() as stop:
+        return _train(config, workdir, stages, overwrite, stop, pipeline_lib)
+
+
+def _train(config, workdir, stages, overwrite, stop, pipeline_lib) -> dict:
     _prepare_workdir(workdir, overwrite)
     mesh = mesh_lib.mesh_from_config(config.mesh)
     pipeline = pipeline_lib.make_pipeline(config.data)
@@ -114,7 +141,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
     run_config.record(workdir, config_json(config), write=jax.process_index() == 0)
     results = {}
     for stage in stages:
-        results[stage] = run_stage(config, stage, workdir, pipeline, mesh)
+        results[stage] = run_stage(config, stage, workdir, pipeline, mesh, stop)
+    if stop.requested:
+        log.warning("signal received during the last step: training finished anyway")
     return results
 
 
@@ -142,24 +171,33 @@ def _skill_params(config, workdir: str, mesh):
     return params
 
 
-def run_stage(config, stage: str, workdir: str, pipeline, mesh) -> dict:
+def run_stage(config, stage: str, workdir: str, pipeline, mesh, stop=None) -> dict:
     stage_dir = os.path.join(workdir, stage)
     total = stage_steps(config, stage, pipeline)
     tc = config.train
     tx, schedule = optimizer.make_optimizer(config.optim, total)
     use_ema = stage in tuple(tc.get("ema_stages", ("sampler",)))
+    # Damaged newest steps go aside before orbax lists the steps (it caches the list).
+    checkpoints.set_aside_damaged(os.path.join(stage_dir, "checkpoints"))
+    _sync(f"atomskill_set_aside_damaged_{stage}")
     manager = checkpoints.make_manager(os.path.join(stage_dir, "checkpoints"),
                                        keep=int(tc.keep_checkpoints),
                                        async_save=bool(tc.get("async_checkpoints", True)))
     try:
         return _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total,
-                          tx, schedule, use_ema)
+                          tx, schedule, use_ema, stop or interrupts.StopRequest())
     finally:
         manager.close()
 
 
+def _hang(stop) -> None:
+    deadline = time.monotonic() + 3600
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total, tx, schedule,
-               use_ema) -> dict:
+               use_ema, stop) -> dict:
     tc = config.train
     latest = manager.latest_step()
     ckpt_dir = os.fspath(manager.directory)
@@ -204,8 +242,29 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
     log_every, ckpt_every = int(tc.log_every), int(tc.checkpoint_every)
     pending, last = [], {}
     t0, t0_step, first_step = time.perf_counter(), step, step + 1
+    saved_at = step  # restored from a checkpoint, or 0: nothing to save
+
+    def save():
+        nonlocal saved_at
+        checkpoints.save(manager, step, params=ts.inference_params(state, graphdef),
+                         train_state=state, iterator=iterator, assets=assets, force=True)
+        saved_at = step
+
+    def flush():
+        nonlocal pending, last, t0, t0_step
+        values = jax.device_get(pending)
+        keys = dict.fromkeys(k for m in values for k in m)  # some only every N steps
+        last = {k: float(np.mean([m[k] for m in values if k in m])) for k in keys}
+        elapsed = time.perf_counter() - t0
+        last["steps_per_sec"] = (step - t0_step) / max(elapsed, 1e-9)
+        last["examples_per_sec"] = last["steps_per_sec"] * pipeline.global_batch_size
+        writer.write(step, last)
+        pending, t0, t0_step = [], time.perf_counter(), step
+
     try:
         while step < total:
+            if stop.reached(step):  # every process, at the same step
+                break
             batch = mesh_batches.put_on_mesh(ts.host_batch(iterator.next_local()), mesh)
             state, metrics = step_fn(rng, state, batch)
             step += 1
@@ -215,21 +274,25 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
             pending.append(metrics)
             writer.advance()
             if step % log_every == 0 or step == total or step == first_step:
-                values = jax.device_get(pending)
-                keys = dict.fromkeys(k for m in values for k in m)  # some only every N steps
-                last = {k: float(np.mean([m[k] for m in values if k in m])) for k in keys}
-                elapsed = time.perf_counter() - t0
-                last["steps_per_sec"] = (step - t0_step) / max(elapsed, 1e-9)
-                last["examples_per_sec"] = last["steps_per_sec"] * pipeline.global_batch_size
-                writer.write(step, last)
-                pending, t0, t0_step = [], time.perf_counter(), step
+                flush()
             if step % ckpt_every == 0 or step == total:
-                checkpoints.save(manager, step, params=ts.inference_params(state, graphdef),
-                                 train_state=state, iterator=iterator, assets=assets)
+                save()
             if step == hang_at:
                 manager.wait_until_finished()
                 print(f"HANGING after step {step}", flush=True)
-                time.sleep(3600)
+                _hang(stop)
+        if step < total:  # stopped by a signal: the step reached, durably
+            if pending:
+                flush()
+            if step != saved_at:
+                save()
+            manager.wait_until_finished()
+            name = signal_name(stop.signum)
+            message = (f"training stopped by {name} at {stage} step {step} of {total}; "
+                       f"checkpoint {os.fspath(manager.directory)}/{step} saved: run the "
+                       f"same command again to resume (exit status {128 + stop.signum})")
+            log.warning("%s", message)
+            raise interrupts.TrainingInterrupted(stop.signum, message)
         manager.wait_until_finished()
     finally:
         writer.close()
