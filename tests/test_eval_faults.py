@@ -130,11 +130,18 @@ class Unbuildable:
         raise AssertionError("the policy was built before --out was checked")
 
 
-@pytest.mark.parametrize("where", ["file", "under_a_file"])
+@pytest.mark.parametrize("where", ["file", "under_a_file", "read_only_dir"])
 def test_an_unusable_out_is_refused_before_any_rollout(tmp_path, where):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     out = str(blocker if where == "file" else blocker / "report")
+    if where == "read_only_dir":
+        out = str(tmp_path / "read_only")
+        os.makedirs(out, mode=0o555)
+        if os.access(out, os.W_OK):  # root writes anyway; a kernel folder refuses files
+            out = "/proc/self/fdinfo"
+            if not os.path.isdir(out):
+                pytest.skip("no read-only directory to try (running as root, no /proc)")
     Unbuildable.calls = 0
     with pytest.raises(OSError, match="give another --out") as err:
         run(Unbuildable(), out_dir=out)
