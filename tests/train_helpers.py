@@ -1,6 +1,6 @@
 """Helpers for the trainer tests: child training processes whose every read has a
-timeout (a hung child is a test failure showing its stderr, and is killed), and a
-dump of a checkpoint's arrays for exact comparisons."""
+timeout (a hung child is a test failure showing its stderr, and is killed), a dump of
+a checkpoint's arrays for exact comparisons, and a probe model for train-step tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import subprocess
 import sys
 import threading
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from tests.tiny_model import CHILD_PRELUDE, REPO, child_env
 
@@ -117,3 +120,41 @@ def assert_same_arrays(expected: dict, actual: dict, what: str) -> None:
 def ckpt_dir(workdir, stage: str, step: int | None = None) -> str:
     path = os.path.join(str(workdir), stage, "checkpoints")
     return path if step is None else os.path.join(path, str(step))
+
+
+# -- the smallest model on the trainer's contract, for train-step tests ----------------
+
+class ProbeCount(nnx.Variable):
+    """Non-Param state the step updates (like the VQ usage counts)."""
+
+
+class ProbeModel(nnx.Module):
+    """loss = mean((sampler(tanh(body(x))) - y)^2); 'rng_draw' is a uniform draw from
+    the step's rng, so tests see which key the loss got; `calls` counts training calls.
+    `body` trains in stage 'skill', `sampler` in stage 'sampler' (the default filter)."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        self.body = nnx.Linear(2, 3, rngs=rngs)
+        self.sampler = nnx.Linear(3, 1, rngs=rngs)
+        self.calls = ProbeCount(jnp.zeros((), jnp.float32))
+
+    def compute_loss(self, rng, batch, *, train: bool, stage: str):
+        pred = self.sampler(jnp.tanh(self.body(batch["x"])))[..., 0]
+        loss = jnp.mean((pred - batch["y"]) ** 2)
+        if train:
+            self.calls[...] = self.calls[...] + 1.0
+        return loss, {"rng_draw": jax.random.uniform(rng, ()), "calls": self.calls[...]}
+
+
+def probe_config(**train):
+    import ml_collections
+
+    return ml_collections.ConfigDict({
+        "seed": 0, "model_factory": "tests.train_helpers:ProbeModel", "model": {},
+        "train": dict(train)})
+
+
+def probe_batch(seed: int) -> dict:
+    r = np.random.default_rng(seed)
+    return {"x": r.normal(size=(4, 2)).astype(np.float32),
+            "y": r.normal(size=(4,)).astype(np.float32)}
