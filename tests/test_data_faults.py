@@ -215,3 +215,16 @@ def test_rebuild_advice_for_a_reannotated_copy(tmp_path):
     assert f"delete {directory}, then run" in advice
     assert (f"`atomskill annotate --data=/data/src/1.0.0 --annotator=vlm "
             f"--out={tmp_path / 'out'}`") in advice
+
+
+def test_cli_error_one_line_without_traceback_unless_asked(run_stats, monkeypatch):
+    def fails(args):  # a TensorFlow error no module explained, as tf.data raises it
+        raise tf.errors.DataLossError(None, None, "{{function_node __wrapped__X}} truncated "
+                                                  "record at 12\nmore [Op:IteratorGetNext]")
+    monkeypatch.setattr(cli, "_cmd_stats", fails)
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    status, err = run_stats("anything")
+    assert status == 2 and err == "atomskill stats: DataLossError: truncated record at 12\n"
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(tf.errors.DataLossError):
+        run_stats("anything")
