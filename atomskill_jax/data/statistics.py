@@ -2,8 +2,9 @@
 
 One file per dataset and split, in the dataset's version directory, holding for each
 field mean/std/min/max/1st/99th percentile per dimension, the episode and step
-counts, and a fingerprint of the dataset (`statistics_compute.dataset_fingerprint`)
-so statistics of an older build are noticed instead of silently used.
+counts, and a fingerprint of the dataset (`statistics_compute.dataset_fingerprint`:
+its metadata and each shard's size, mtime and SHA-256) so statistics of an older build,
+or of shards changed since, are noticed instead of silently used.
 """
 
 from __future__ import annotations
