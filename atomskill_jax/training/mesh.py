@@ -37,6 +37,9 @@ def maybe_initialize_distributed(enabled: bool | None = None) -> bool:
     On when `enabled` (config.distributed.initialize) or $ATOMSKILL_DISTRIBUTED=1; the
     coordinator address and process ids come from the cluster environment (SLURM, TPU
     pods, or $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID).
+    JAX itself reads only the address from the environment, so the process count and
+    id are read here; without them (and without a cluster JAX detects) it would fail
+    with "Number of processes must be defined".
     """
     import os
 
@@ -45,7 +48,18 @@ def maybe_initialize_distributed(enabled: bool | None = None) -> bool:
     if not enabled:
         return False
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        kwargs = {}
+        for key, name in (("num_processes", "JAX_NUM_PROCESSES"),
+                          ("process_id", "JAX_PROCESS_ID")):
+            value = os.environ.get(name, "").strip()
+            if value:
+                try:
+                    kwargs[key] = int(value)
+                except ValueError:
+                    raise ValueError(f"${name}={value!r} is not an integer; set it to the "
+                                     f"{key.replace('_', ' ')} of this launch, or unset it "
+                                     "to let JAX detect the cluster") from None
+        jax.distributed.initialize(**kwargs)
     return True
 
 
