@@ -1,16 +1,17 @@
 """Checkpoints: a run SIGKILLed after its step-2 checkpoint and resumed ends with
 exactly the state of an uninterrupted run; a checkpoint written on 8 devices restores
 on 1. Both in child processes, on the MetaWorld fixture, with the stand-in model
-(the trainer is model-agnostic; tests/test_train_devices.py runs the real one)."""
+(the trainer is model-agnostic; tests/test_train_resume_atomskill.py resumes the real
+one through both stages). Every read of a child has a timeout: a hung child fails the
+test with its stderr, and is killed."""
 
 import json
 import os
-import signal
-import subprocess
 
 import numpy as np
+import pytest
 
-from tests.tiny_model import run_child, start_child
+from tests.train_helpers import Child
 
 # argv: devices, dataset, workdir, steps, then optionally "dump:STEP:OUT" (before
 # training: the train state of checkpoint STEP, restored onto this process's devices,
@@ -50,27 +51,23 @@ def _ckpt(workdir, step):
 def test_killed_run_resumes_exactly(metaworld_rlds_dir, tmp_path):
     cache = tmp_path / "cache"
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_a = start_child(CHILD, 1, metaworld_rlds_dir, straight, 4, "train",
-                        f"dump:4:{tmp_path / 'a.npz'}", cache_dir=cache,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    env_hang = {"ATOMSKILL_TEST_HANG_AFTER_STEP": "3"}
-    os.environ.update(env_hang)  # start_child copies os.environ
+    run_a = Child(CHILD, 1, metaworld_rlds_dir, straight, 4, "train",
+                  f"dump:4:{tmp_path / 'a.npz'}", cache_dir=cache)
+    run_b = Child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train", cache_dir=cache,
+                  env={"ATOMSKILL_TEST_HANG_AFTER_STEP": "3"})
     try:
-        run_b = start_child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train", cache_dir=cache,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # Printed once the step-2 checkpoint is durable; a hung child fails the test.
+        run_b.wait_for_line("HANGING after step 3", timeout=300)
+        run_b.kill()
+        assert os.path.isdir(_ckpt(killed, 2)) and not os.path.exists(_ckpt(killed, 4))
+        run_a.finish(timeout=300)
     finally:
-        del os.environ["ATOMSKILL_TEST_HANG_AFTER_STEP"]
-    line = run_b.stdout.readline()  # printed once the step-2 checkpoint is durable
-    assert line.startswith("HANGING after step 3"), line
-    run_b.send_signal(signal.SIGKILL)
-    run_b.wait(timeout=60)
-    assert os.path.isdir(_ckpt(killed, 2)) and not os.path.exists(_ckpt(killed, 4))
-    out, err = run_a.communicate(timeout=300)
-    assert run_a.returncode == 0, err[-4000:]
+        run_a.kill()
+        run_b.kill()
 
-    resumed = json.loads(run_child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train",
-                                   f"dump:4:{tmp_path / 'b.npz'}",
-                                   cache_dir=cache).strip().splitlines()[-1])
+    resumed = Child(CHILD, 1, metaworld_rlds_dir, killed, 4, "train",
+                    f"dump:4:{tmp_path / 'b.npz'}", cache_dir=cache)
+    resumed = json.loads(resumed.finish(timeout=300).strip().splitlines()[-1])
     assert resumed["skill"]["step"] == 4
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert sorted(a.files) == sorted(b.files) and any("opt_state" in k for k in a.files)
@@ -81,14 +78,27 @@ def test_killed_run_resumes_exactly(metaworld_rlds_dir, tmp_path):
     assert steps[-1] == 4 and 3 in steps
 
 
+def test_hung_child_fails_with_its_stderr_and_is_killed():
+    child = Child("import time\nprint('started', flush=True)\n"
+                  "print('a warning', file=sys.stderr, flush=True)\ntime.sleep(600)", 1,
+                  prelude=False)
+    assert child.wait_for_line("started", timeout=120).strip() == "started"
+    with pytest.raises(AssertionError, match=r"(?s)no 'HANGING' line within 1 s.*a warning"):
+        child.wait_for_line("HANGING", timeout=1)
+    assert child.proc.poll() is not None  # killed, not left running
+    child = Child("sys.exit(3)", 1, prelude=False)
+    with pytest.raises(AssertionError, match=r"exited \(3\) without printing 'HANGING'"):
+        child.wait_for_line("HANGING", timeout=120)
+
+
 def test_checkpoint_from_8_devices_restores_on_1(metaworld_rlds_dir, tmp_path):
     cache = tmp_path / "cache"
     workdir = tmp_path / "w"
-    run_child(CHILD, 8, metaworld_rlds_dir, workdir, 2, "train",
-              f"dump:2:{tmp_path / 'eight.npz'}", cache_dir=cache)
+    Child(CHILD, 8, metaworld_rlds_dir, workdir, 2, "train",
+          f"dump:2:{tmp_path / 'eight.npz'}", cache_dir=cache).finish(timeout=300)
     # On 1 device: the same train state (resharded), then one more step from it.
-    out = run_child(CHILD, 1, metaworld_rlds_dir, workdir, 3, f"dump:2:{tmp_path / 'one.npz'}",
-                    "train", cache_dir=cache)
+    out = Child(CHILD, 1, metaworld_rlds_dir, workdir, 3, f"dump:2:{tmp_path / 'one.npz'}",
+                "train", cache_dir=cache).finish(timeout=300)
     saved, restored = np.load(tmp_path / "eight.npz"), np.load(tmp_path / "one.npz")
     for name in saved.files:
         np.testing.assert_array_equal(saved[name], restored[name], err_msg=name)

@@ -41,14 +41,17 @@ def dump(workdir, stage, step, out):
 
 
 class Child:
-    """A Python child (tests.tiny_model's prelude: argv[1] = fake device count) whose
-    stdout and stderr are drained by threads, so no read can block forever."""
+    """A Python child (after tests.tiny_model's prelude, unless `prelude=False`: argv[1]
+    = fake device count) whose stdout and stderr are drained by threads, so no read
+    can block forever."""
 
-    def __init__(self, code: str, devices: int, *args, cache_dir=None, env=None):
+    def __init__(self, code: str, devices: int, *args, cache_dir=None, env=None,
+                 prelude: bool = True):
         full_env = child_env(cache_dir)
         full_env.update(env or {})
+        code = (CHILD_PRELUDE if prelude else "import sys\n") + code
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD_PRELUDE + code, str(devices), *map(str, args)],
+            [sys.executable, "-c", code, str(devices), *map(str, args)],
             cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._lines: queue.Queue = queue.Queue()
         self.stdout: list[str] = []
