@@ -259,8 +259,9 @@ def test_policy_runs_the_ema_sampler_and_the_frozen_skill_model(tiny_trained_wor
     config = policy.config
     assert learning_rate_schedule(config.optim, int(config.train.sampler_steps))(0) == 0.0
     assert int(config.train.sampler_steps) == 2
-    ran = {tuple(str(p) for p in k): np.asarray(v.get_value())
-           for k, v in nnx.to_flat_state(policy._state)}  # every variable the policy runs
+    flat = nnx.to_flat_state(policy._state)  # every variable the policy runs
+    ran = {tuple(str(p) for p in k): np.asarray(v.get_value()) for k, v in flat}
+    is_param = {tuple(str(p) for p in k) for k, v in flat if isinstance(v, nnx.Param)}
     root = os.path.join(tiny_trained_workdir, "{}", "checkpoints", "2", "{}")
     saved = _flat(_restore(root.format("sampler", "params")))
     skill = _flat(_restore(root.format("skill", "params")))
@@ -275,10 +276,11 @@ def test_policy_runs_the_ema_sampler_and_the_frozen_skill_model(tiny_trained_wor
         np.testing.assert_array_equal(value, saved[key], err_msg=str(key))
         if key in raw:
             init = skill[key]
+            # float32 rounding only; decay 0.5 instead would move them by ~3e-5 here
             np.testing.assert_allclose(value, decay * init + (1 - decay) * raw[key],
-                                       rtol=0, atol=1e-7, err_msg=str(key))
+                                       rtol=1e-6, atol=1e-7, err_msg=str(key))
             moved = max(moved, float(np.abs(raw[key] - init).max()))
-        else:
+        elif key in is_param:  # the skill model, frozen in the sampler stage
             np.testing.assert_array_equal(value, skill[key], err_msg=str(key))
     assert moved > 1e-5  # the raw sampler moved, so the EMA is distinguishable from it
 

@@ -69,7 +69,10 @@ def epsilon_from_episodes(episodes: Iterable[Mapping[str, np.ndarray]],
     end_d, early_d = np.concatenate(end), np.concatenate(early)
     eps_end = float(np.percentile(end_d, end_quantile))
     eps_early = float(np.percentile(early_d, early_quantile)) if early_d.size else float("inf")
-    epsilon = 0.5 * (eps_end + eps_early) if eps_early > eps_end else eps_end
+    # No early steps (every segment one step long): nothing to keep a margin from; the
+    # midpoint with eps_early = inf would be inf, a new skill after every step.
+    separable = early_d.size > 0 and eps_early > eps_end
+    epsilon = 0.5 * (eps_end + eps_early) if separable else eps_end
     return {
         "epsilon": epsilon, "eps_end": eps_end, "eps_early": eps_early,
         "max_skill_steps": max(10, int(np.ceil(1.5 * max(lengths)))),
