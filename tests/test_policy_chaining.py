@@ -122,3 +122,88 @@ def test_metaworld_adapter_matches_env_absolute_target():
         assert np.abs(got - want).max() < 0.02  # < 2 cm: two steps of motion
         obs, *_ = env.step(delta)
     env.close()
+
+
+LN2 = float(np.log(2.0))  # ensembling weight m: weights exp(m * age) = 1, 2, 4, ...
+
+
+def _chunk(offset, t, horizon=3):
+    """[1, H, 1]: the chunk predicted at step t says offset + 10 t + j for step t + j."""
+    return (offset + 10.0 * t + np.arange(horizon, dtype=np.float32))[None, :, None]
+
+
+def test_ensembled_actions_by_hand_per_environment():
+    """H=3, m=ln 2, a chunk every step. Env 0: t=1 (2*1 + 1*10)/3 = 4; t=2 (4*2 + 2*11
+    + 1*20)/7 = 50/7; t=3 the step-0 chunk has run out: (4*12 + 2*21 + 1*30)/7 = 120/7.
+    Env 1 (values +100) starts a new skill at t=2: its older chunks are forgotten,
+    t=2 -> 120, t=3 -> (2*121 + 1*130)/3 = 124."""
+    buf = chaining.ChunkBuffer(2, 3, 1, requery_every=1, ensemble_m=LN2)
+    want = [[0.0, 100.0], [4.0, 104.0], [50 / 7, 120.0], [120 / 7, 124.0]]
+    for t, expected in enumerate(want):
+        if t == 2:
+            buf.clear([False, True])
+        assert buf.needs_query().tolist() == [True, True]
+        buf.add(np.concatenate([_chunk(0, t), _chunk(100, t)]), [True, True])
+        np.testing.assert_allclose(buf.action()[:, 0], expected, rtol=1e-6)
+        buf.advance()
+
+
+def test_ensembling_with_sparse_requeries_and_partial_masks():
+    """H=3, m=ln 2, env 0 re-queried every 2 steps (chunks at t=0, 2): t=1 -> 1; t=2 ->
+    (4*2 + 1*20)/5 = 5.6; t=3 -> 21 (the t=0 chunk has run out). Env 1 skips its due
+    re-query at t=2 and executes its t=0 chunk, 100, 101, 102, until it runs out; at
+    t=3 it must query (130, nothing older left to blend)."""
+    buf = chaining.ChunkBuffer(2, 3, 1, requery_every=2, ensemble_m=LN2)
+    queries, got = [], []
+    for t in range(4):
+        need = buf.needs_query()
+        queries.append(need.tolist())
+        buf.add(np.concatenate([_chunk(0, t), _chunk(100, t)]),
+                need & np.array([True, t in (0, 3)]))
+        got.append(buf.action()[:, 0].tolist())
+        buf.advance()
+    assert queries == [[True, True], [False, False], [True, True], [False, True]]
+    np.testing.assert_allclose(got, [[0.0, 100.0], [1.0, 101.0], [5.6, 102.0], [21.0, 130.0]],
+                               rtol=1e-6)
+
+
+def test_chunks_of_unmasked_environments_are_kept():
+    """add() with a mask touches only the masked environments' chunks and ages."""
+    buf = chaining.ChunkBuffer(2, 3, 2, requery_every=3)
+    buf.add(np.stack([np.full((3, 2), 1.0), np.full((3, 2), 2.0)]), [True, True])
+    buf.advance()
+    buf.add(np.stack([np.full((3, 2), 5.0), np.full((3, 2), 6.0)]), [True, False])
+    np.testing.assert_array_equal(buf.action(), [[5.0, 5.0], [2.0, 2.0]])
+    assert buf.ages[:, 0].tolist() == [0, 1]
+    buf.add(np.zeros((2, 3, 2)), [False, False])  # nothing masked: nothing changes
+    np.testing.assert_array_equal(buf.action(), [[5.0, 5.0], [2.0, 2.0]])
+    assert buf.needs_query().tolist() == [False, False]
+    buf.advance()
+    buf.advance()
+    assert buf.needs_query().tolist() == [False, True]  # env 1's chunk is 3 steps old
+    with pytest.raises(ValueError, match="requery_every"):
+        chaining.ChunkBuffer(1, 3, 1, requery_every=0)
+
+
+def test_trigger_counts_and_reset():
+    """A keypose reached on the cap's step is a reached skill, not a capped one; counters
+    are per environment; reset() without a mask resets every environment."""
+    trigger = chaining.SkillTrigger(2, epsilon=0.5, max_skill_steps=2)
+    assert trigger.start_skills().tolist() == [True, True]
+    assert trigger.start_skills().tolist() == [False, False]  # nothing due any more
+    assert trigger.step([1.0, 1.0]).tolist() == [False, False]
+    need = trigger.step([0.1, 1.0])  # step 2 = the cap: env 0 reached, env 1 capped
+    assert need.tolist() == [True, True] and trigger.capped.tolist() == [0, 1]
+    need[:] = False  # the returned mask is a copy
+    assert trigger.need_skill.tolist() == [True, True]
+    assert trigger.steps.tolist() == [2, 2]
+    assert trigger.start_skills().tolist() == [True, True]
+    assert trigger.steps.tolist() == [0, 0] and trigger.switches.tolist() == [2, 2]
+    trigger.step([0.0, 0.0])
+    trigger.reset()
+    assert trigger.need_skill.tolist() == [True, True] and trigger.steps.tolist() == [0, 0]
+    assert trigger.switches.tolist() == [0, 0] and trigger.capped.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="max_skill_steps"):
+        chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=0)
+    with pytest.raises(ValueError, match="min_skill_steps"):
+        chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=5, min_skill_steps=0)
