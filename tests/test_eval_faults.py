@@ -199,4 +199,14 @@ def test_eval_command_resumes_into_its_default_report_directory(tiny_trained_wor
     assert after["episodes"] == before["episodes"] and after["summary"] == before["summary"]
     assert os.listdir(os.path.join(workdir, "eval")) == [os.path.basename(report_dir)]
 
+    # The workdir trained again to the same step: its old episodes are not reused.
+    step_dir = os.path.join(workdir, "sampler", "checkpoints", str(before["meta"][
+        "checkpoint_step"]))
+    stat = os.stat(step_dir)
+    os.utime(step_dir, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert len(os.listdir(os.path.join(workdir, "eval"))) == 2
+
 

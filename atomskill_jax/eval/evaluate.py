@@ -178,5 +178,5 @@ def _run(policy_factory, jobs, num_workers, options, progress, store, already: i
         raise rollout.WorkerDied(f"{err}. {kept()}" if store else str(err)) from err
     except BaseException:
         if store:
-            print(f"eval: interrupted; {kept()}", file=sys.stderr, flush=True)
+            print(f"eval: stopped; {kept()}", file=sys.stderr, flush=True)
         raise

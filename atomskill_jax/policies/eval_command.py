@@ -91,7 +91,7 @@ def run(args) -> int:
     tasks = metaworld_tasks.resolve_tasks(suite if not args.tasks else None, args.tasks)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     workdir = os.path.abspath(args.workdir)
-    assets, _, step = read_workdir_assets(workdir, args.step)
+    assets, checkpoint_dir, step = read_workdir_assets(workdir, args.step)
     options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
                "resample_every": args.resample_every,
@@ -100,7 +100,9 @@ def run(args) -> int:
     resample_every = _resample_every(assets, args.resample_every)
     ensemble_m = resolve_ensemble_m(args.ensemble_m, _model_config(assets))
     # What decides the actions, besides the episode (the name does not).
-    identity = {"workdir": workdir, "checkpoint_step": step, "use_ema": not args.no_ema,
+    identity = {"workdir": workdir, "checkpoint_step": step,
+                "checkpoint_written": _written(os.path.join(checkpoint_dir, str(step))),
+                "use_ema": not args.no_ema,
                 **{k: v for k, v in options.items() if k != "name"},
                 "resample_every": resample_every, "ensemble_m": ensemble_m}
     label = suite if not args.tasks else "tasks"
@@ -129,6 +131,15 @@ def run(args) -> int:
     print(to_markdown(report))
     print(f"report: {paths['markdown']}")
     return 0
+
+
+def _written(path: str) -> int | None:
+    """When a checkpoint step was written: a workdir trained again to the same step
+    must not reuse the old step's episodes."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _ensemble_m(text: str):
