@@ -11,6 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
+try:  # tests/ as a package or as a plain directory on sys.path
+    from tests import synthetic_rlds
+except ImportError:
+    import synthetic_rlds
 from atomskill_jax import cli
 from atomskill_jax.data import config as data_config
 from atomskill_jax.data import (pipeline, read_errors, rebuild_hint, sources, statistics,
@@ -126,6 +130,67 @@ def test_damage_unseen_by_the_fingerprint_is_named_when_training_reads_it(datase
             iterator.next_local()
     assert _shard(dataset) in str(raised.value)
     _assert_rebuild_advice(str(raised.value), dataset)
+
+
+def _split_into_shards(directory, lengths):
+    """Rewrite the single shard of `directory` as len(lengths) shards (as tfds names
+    them), dataset_info.json updated to list them."""
+    (old,) = [n for n in os.listdir(directory) if ".tfrecord-" in n]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(directory, old))]
+    assert sum(lengths) == len(records)
+    os.remove(os.path.join(directory, old))
+    prefix = old.rsplit("-", 3)[0]  # <name>-train.tfrecord
+    paths = []
+    for i, n in enumerate(lengths):
+        paths.append(os.path.join(directory, f"{prefix}-{i:05d}-of-{len(lengths):05d}"))
+        with tf.io.TFRecordWriter(paths[-1]) as writer:
+            for record in records[sum(lengths[:i]):sum(lengths[:i + 1])]:
+                writer.write(record)
+    info_path = os.path.join(directory, "dataset_info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    info["splits"][0]["shardLengths"] = [str(n) for n in lengths]
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return paths
+
+
+def test_the_damaged_one_of_several_interleaved_shards_is_named(tmp_path_factory, tmp_path):
+    directory = str(tmp_path / "synthetic_rlds" / "1.0.0")
+    shutil.copytree(synthetic_rlds.cached(tmp_path_factory, "state"), directory)
+    for name in os.listdir(directory):
+        if name.startswith("atomskill_statistics"):
+            os.remove(os.path.join(directory, name))
+    paths = _split_into_shards(directory, [2, 2, 2])
+    statistics_compute.load_or_compute_statistics(sources.open_source(directory), write=True)
+    _overwrite(paths[1], keep_mtime=True)  # seen only when read
+    config = _config(directory)
+    config.horizon, config.skill_resample_length = 2, 3
+    pipe = pipeline.make_pipeline(config)
+    with pytest.raises(read_errors.ShardError, match="corrupted record") as raised:
+        iterator = pipe.iterator()
+        for _ in range(100):
+            iterator.next_local()
+    message = str(raised.value)
+    assert message.startswith(f"shard {paths[1]} is damaged")
+    assert paths[0] not in message and paths[2] not in message
+    assert [d.path for d in raised.value.damage] == [paths[1]]
+
+
+def test_shard_cut_at_a_record_boundary_is_named(tmp_path_factory, tmp_path, run_stats):
+    # Every record left is intact, so TensorFlow reads it without complaint.
+    directory = str(tmp_path / "synthetic_rlds" / "1.0.0")
+    shutil.copytree(synthetic_rlds.cached(tmp_path_factory, "state"), directory)
+    for name in os.listdir(directory):
+        if name.startswith("atomskill_statistics"):
+            os.remove(os.path.join(directory, name))
+    paths = _split_into_shards(directory, [2, 2, 2])
+    records = [r.numpy() for r in tf.data.TFRecordDataset(paths[2])]
+    with tf.io.TFRecordWriter(paths[2]) as writer:
+        writer.write(records[0])
+    status, err = run_stats(directory)
+    _assert_cli_message(status, err, f"shard {paths[2]} is damaged: holds 1 records but "
+                                     f"dataset_info.json lists 2")
 
 
 def test_shard_damaged_after_statistics_refused(dataset, run_stats):

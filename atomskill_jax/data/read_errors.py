@@ -2,11 +2,12 @@
 
 A damaged TFRecord shard surfaces from tf.data as DataLossError ("truncated record",
 "corrupted record": a CRC32C mismatch), a missing one as NotFoundError, records that
-are not this dataset's examples as InvalidArgumentError ("Could not parse example").
+are not this dataset's examples as InvalidArgumentError ("Could not parse example"),
+one cut at a record boundary as FailedPreconditionError (fewer episodes than listed).
 With interleaved, parallel reads the message names neither file nor dataset, so on
 such an error every shard of the datasets being read is scanned (`shards.scan`) and
-the first damaged ones are named, with how to rebuild. An InvalidArgumentError with
-no damaged shard is not a data fault (a bug, a bad transform): it is re-raised as is.
+the first damaged ones are named, with how to rebuild. Any of these but DataLossError
+with no damaged shard is not a data fault (a bug, a bad transform): it is re-raised.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from atomskill_jax.data import rebuild_hint, shards
 from atomskill_jax.data.sources import DatasetError, DatasetSource
 from atomskill_jax.data.tf_setup import tf
 
+# DataLossError is always the data; the others may be (then a scan finds the shard) or
+# may be something else (then they are re-raised as they are).
 READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError,
-               tf.errors.InvalidArgumentError)
+               tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError)
 _SHOWN = 3  # damaged shards named in one message
 
 
@@ -32,10 +35,11 @@ class ShardError(DatasetError):
 
 
 def damage_message(source: DatasetSource, damage: Sequence[shards.ShardDamage]) -> str:
-    first = damage[0]
-    text = f"shard {first.path} is damaged: {first.problem}"
-    for more in damage[1:_SHOWN]:
-        text += f"; shard {more.path} too: {more.problem}"
+    def one(d: shards.ShardDamage) -> str:
+        return f"shard {d.path} is " + ("missing" if d.problem == "missing"
+                                        else f"damaged: {d.problem}")
+
+    text = "; ".join(one(d) for d in damage[:_SHOWN])
     if len(damage) > _SHOWN:
         text += f"; and {len(damage) - _SHOWN} more damaged shards"
     return (f"{text}. {source.describe()} cannot be read; "
@@ -48,12 +52,12 @@ def explain(err: Exception, opened: Sequence[DatasetSource], split: str = "train
         return None
     parse = isinstance(err, tf.errors.InvalidArgumentError)
     for source in opened:
-        damage = shards.scan(source, split)  # framing and CRCs: cheap
+        damage = shards.scan(source, split)  # framing, CRCs and record counts: cheap
         if not damage and parse:
             damage = shards.scan(source, split, parse=True)
         if damage:
             return ShardError(damage_message(source, damage), damage)
-    if parse:
+    if not isinstance(err, tf.errors.DataLossError):
         return None
     names = "; ".join(s.describe() for s in opened)
     return DatasetError(

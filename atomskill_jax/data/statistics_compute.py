@@ -71,6 +71,8 @@ def compute_statistics(source: sources.DatasetSource, split: str = "train") -> D
                 num_parallel_calls=tf.data.AUTOTUNE)
     columns: dict[str, list[np.ndarray]] = {}
     num_episodes = 0
+    # A damaged shard is named (tfds also checks the episode count: a shard cut at a
+    # record boundary fails too).
     for episode in read_errors.iterate(ds.as_numpy_iterator(), [source], split):
         num_episodes += 1
         for key, value in episode.items():
