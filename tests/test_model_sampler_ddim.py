@@ -49,7 +49,7 @@ def _draws(key, shape, num_steps):
 
 
 def _reference(x, zs, steps, betas, out_fn, *, prediction, eta, clip):
-    """DDIM by hand: x_{t'} = √ᾱ' x̂0 + √(1-ᾱ'-σ²) ε̂ + σ z, ᾱ' = 1 after the last step."""
+    """DDIM by hand: x_t' = √ᾱ' x̂0 + √(1-ᾱ'-σ²) ε̂ + σ z; ᾱ' = 1 after the last step."""
     ab = np.cumprod(1.0 - np.asarray(betas, np.float64))
     for i, t in enumerate(steps):
         a_t = ab[t]
@@ -81,7 +81,8 @@ def test_cosine_beta_schedule_follows_nichol_and_dhariwal():
     np.testing.assert_allclose(beta_schedule("cosine", T), expected, rtol=1e-12)
     assert beta_schedule("cosine", T)[-1] == 0.999  # f(T) = 0: capped
     sampler, _ = _sampler(beta_schedule="cosine", num_train_timesteps=T)
-    np.testing.assert_allclose(sampler.alphas_cumprod(), np.cumprod(1 - expected), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(sampler.alphas_cumprod(), np.cumprod(1 - expected), rtol=1e-5,
+                               atol=1e-8)
 
 
 def test_unknown_beta_schedule_is_refused_by_name():
@@ -107,12 +108,13 @@ def _stub_eps(x, t):
     return 0.3 * x - 0.05 * t
 
 
+X0 = dict(prediction_type="sample", beta_schedule="cosine", clip_x0=0.0)
+EPS = dict(prediction_type="epsilon", beta_schedule="linear", clip_x0=1.0)  # x̂0 clipped to ±1
 CASES = {  # name: (sampler overrides, the stub, eta)
-    "x0": (dict(prediction_type="sample", beta_schedule="cosine", clip_x0=0.0), _stub_sample, 0.0),
-    "x0_eta": (dict(prediction_type="sample", beta_schedule="cosine", clip_x0=0.0), _stub_sample, 0.7),
-    "eps_clip": (dict(prediction_type="epsilon", beta_schedule="linear", clip_x0=2.0), _stub_eps, 0.0),
-    "eps_clip_eta1": (dict(prediction_type="epsilon", beta_schedule="linear", clip_x0=2.0),
-                      _stub_eps, 1.0),
+    "x0": (X0, _stub_sample, 0.0),
+    "x0_eta": (X0, _stub_sample, 0.7),
+    "eps_clip": (EPS, _stub_eps, 0.0),
+    "eps_clip_eta1": (EPS, _stub_eps, 1.0),
 }
 
 
@@ -127,7 +129,8 @@ def test_ddim_chain_matches_the_closed_form(case, num_steps):
     out = _sample(sampler, key, _obs(config), shape, num_steps=num_steps)
     steps = ddim_timesteps(10, num_steps)
     x_t, zs = _draws(key, shape, len(steps))
-    expected = _reference(x_t, zs, steps, sampler.betas, stub, prediction=overrides["prediction_type"],
+    betas = beta_schedule(overrides["beta_schedule"], 10)  # from the name, not the sampler
+    expected = _reference(x_t, zs, steps, betas, stub, prediction=overrides["prediction_type"],
                           eta=eta, clip=overrides["clip_x0"])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     if overrides["clip_x0"] > 0:  # the last step returns the clipped x̂0
@@ -145,7 +148,8 @@ def test_two_ddim_steps_written_out():
     ab = np.cumprod(1 - beta_schedule("cosine", 10))
     x0 = 0.5 * x9 + 0.45
     eps = (x9 - np.sqrt(ab[9]) * x0) / np.sqrt(1 - ab[9])
-    var = 0.25 * (1 - ab[0]) / (1 - ab[9]) * (1 - ab[9] / ab[0])  # σ² = η² (1-ᾱ')/(1-ᾱ) (1-ᾱ/ᾱ')
+    # σ² = η² (1-ᾱ')/(1-ᾱ) (1-ᾱ/ᾱ'), ᾱ = ᾱ_9, ᾱ' = ᾱ_0
+    var = 0.25 * (1 - ab[0]) / (1 - ab[9]) * (1 - ab[9] / ab[0])
     x0_step = np.sqrt(ab[0]) * x0 + np.sqrt(1 - ab[0] - var) * eps + np.sqrt(var) * z9
     np.testing.assert_allclose(out, 0.5 * x0_step, rtol=1e-4, atol=1e-5)  # last: x = x̂0(t=0)
 
@@ -223,8 +227,8 @@ def test_guidance_over_several_steps_and_from_the_config():
 
     steps = ddim_timesteps(10, 3)
     x_t, zs = _draws(jax.random.key(4), shape, len(steps))
-    expected = _reference(x_t, zs, steps, sampler.betas, guided, prediction="sample", eta=0.3,
-                          clip=0.0)
+    expected = _reference(x_t, zs, steps, beta_schedule("cosine", 10), guided,
+                          prediction="sample", eta=0.3, clip=0.0)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 

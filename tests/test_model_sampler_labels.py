@@ -81,11 +81,12 @@ def test_predicted_label_is_the_label_heads_argmax(predicted):
 def test_label_source_none_is_the_null_label_whatever_the_label_head_says():
     sampler, config = _sampler(label_source="none")
     obs, key = _obs(config), jax.random.key(0)
-    null = np.asarray(_sample(sampler, key, obs, jnp.full((B,), config.num_skill_labels, jnp.int32)))
+    null_label = config.num_skill_labels
+    null = np.asarray(_sample(sampler, key, obs, jnp.full((B,), null_label, jnp.int32)))
     for label in (2, 5):
         _push_label_head_to(sampler, label)
         np.testing.assert_allclose(_sample_own_label(sampler, key, obs), null, atol=1e-5)
-    assert np.asarray(sampler.choose_labels(sampler.pool(obs))).tolist() == [config.num_skill_labels] * B
+    assert np.asarray(sampler.choose_labels(sampler.pool(obs))).tolist() == [null_label] * B
     # Labels given explicitly still win (the caller asked for them).
     assert np.asarray(sampler.choose_labels(sampler.pool(obs), 3)).tolist() == [3] * B
 
@@ -130,7 +131,6 @@ def test_denoise_is_the_unet_on_film_of_obs_label_and_time(predicted):
     np.testing.assert_allclose(seen["cond"], mish(cond), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(seen["x"], x)
     np.testing.assert_array_equal(out, 2.0 * x)
-    assert sampler.label_embed.embedding.shape == (config.num_skill_labels + 1, config.sampler.cond_dim)
 
 
 def test_pool_is_the_normed_attention_of_one_learned_query():
@@ -146,6 +146,30 @@ def test_pool_is_the_normed_attention_of_one_learned_query():
     np.testing.assert_allclose(sampler.pool_query[...],
                                0.02 * jax.random.normal(nnx.Rngs(0).params(), (1, config.d_model)),
                                rtol=1e-6)
+
+
+def test_parameter_layout_follows_the_config():
+    # What a saved checkpoint holds: widths from d_model, cond_dim, the label count (+1:
+    # the null label), the label-head width, the UNet multipliers and kernel.
+    sampler, config = _sampler(cond_dim=24, label_head_hidden=40, unet_channel_mults=(1, 2),
+                               unet_kernel=5, condition_on_skill_step=True)
+    d, labels = config.d_model, config.num_skill_labels
+    shapes = {p: v[...].shape for p, v in nnx.to_flat_state(nnx.state(sampler, nnx.Param))}
+    expected = {
+        ("pool_query",): (1, d),
+        ("obs_cond", "kernel"): (d, 24),
+        ("label_embed", "embedding"): (labels + 1, 24),
+        ("time_mlp", "fc1", "kernel"): (d, 4 * d),
+        ("time_mlp", "fc2", "kernel"): (4 * d, 24),
+        ("label_head", "fc1", "kernel"): (d, 40),
+        ("label_head", "fc2", "kernel"): (40, labels),
+        ("skill_step_proj", "kernel"): (d, d),
+        ("unet", "down", 0, 0, "film", "kernel"): (3 * 24, 2 * d),  # FiLM of [obs, label, time]
+        ("unet", "down", 1, 0, "film", "kernel"): (3 * 24, 2 * 2 * d),
+        ("unet", "down", 0, 0, "block1", "conv", "kernel"): (5, d, d),
+        ("unet", "final", "kernel"): (1, d, d),
+    }
+    assert {p: shapes.get(p) for p in expected} == expected
 
 
 def test_configs_without_the_newer_sampler_keys_get_the_old_behaviour():
