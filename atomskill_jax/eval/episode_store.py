@@ -186,8 +186,9 @@ class EpisodeStore:
     # -- writing --------------------------------------------------------------------
     def add(self, job, results: Sequence[EpisodeResult], policy_spec: dict) -> None:
         lines = []
+        policy_spec = json.loads(json.dumps(policy_spec))  # as read back (lists, not tuples)
         if policy_spec and policy_spec != self.policy_spec:
-            self.policy_spec = dict(policy_spec)
+            self.policy_spec = policy_spec
             lines.append({"policy": self.policy_spec})
         for result in results:
             i = job.episodes.index(result.episode)
