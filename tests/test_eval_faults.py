@@ -120,6 +120,17 @@ def test_a_torn_last_line_is_rerun_and_other_configurations_are_kept_apart(tmp_p
            "checkpoint_step)" in said
 
 
+def test_episodes_run_in_other_batches_are_run_again_and_that_is_said(tmp_path, capsys):
+    out = str(tmp_path / "report")
+    run(out_dir=out, identity=IDENTITY)  # batches of 1
+    NoisyExpert.batches = []
+    capsys.readouterr()
+    together = run(batch_size=3, out_dir=out, identity=IDENTITY)
+    assert NoisyExpert.batches == [[0, 1, 2]]
+    assert same_report(together, run(batch_size=3))  # what a fresh batch of 3 gives
+    assert f"3 episodes in {store_file(out)} ran in other batches" in capsys.readouterr().out
+
+
 class Unbuildable:
     """A policy factory that records being called (it must not be, on a bad --out)."""
 

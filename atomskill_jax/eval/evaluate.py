@@ -114,9 +114,10 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         _say(f"resuming: {len(results)} of {sum(len(j.episodes) for j in jobs)} episodes "
              f"already in {store.path}; running the other "
              f"{sum(len(j.episodes) for j in todo)}")
-    if store and store.rebatched(jobs):
-        _say(f"{store.rebatched(jobs)} episodes in {store.path} ran in other batches "
-             f"(batch size other than {jobs[0].batch_size}) and are run again")
+    rebatched = store.rebatched(jobs) if store else 0
+    if rebatched:
+        _say(f"{rebatched} episodes in {store.path} ran in other batches (batch size other "
+             f"than {jobs[0].batch_size}) and are run again: a batch shares one random stream")
     num_workers = min(num_workers, len(todo))
     from atomskill_jax.envs.metaworld import render_backend
 
@@ -151,7 +152,6 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
     return Report(name=name or spec.get("name") or "policy", tasks=tasks, seeds=seeds,
                   episodes_per_task=episodes_per_task, results=results, groups=groups,
                   meta=meta)
-
 
 
 def _say(message: str) -> None:

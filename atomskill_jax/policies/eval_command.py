@@ -8,8 +8,9 @@ The report (JSON, CSV, markdown) goes to --out, default W/eval/<suite>-step<S>-<
 and records the command, seeds, checkpoint step, runtime options, ε calibration and
 versions. --out is checked before anything runs; finished episodes are written there as
 they arrive, and the same command again (after a kill or a dead worker) runs only the
-missing ones (`eval.episode_store`). This process never imports TensorFlow: ε calibration reads the dataset in
-a spawned process, rollouts run in spawned workers that load the policy themselves.
+missing ones (`eval.episode_store`). This process never imports TensorFlow: ε
+calibration reads the dataset in a spawned process, rollouts run in spawned workers
+that load the policy themselves.
 """
 
 from __future__ import annotations
