@@ -92,6 +92,8 @@ class DatasetSource:
         return self.builder.info.splits[split].num_examples
 
     def describe(self) -> str:
+        if os.path.normpath(self.name) == os.path.normpath(self.directory):
+            return f"dataset {self.directory}"  # given by its path: once is enough
         return f"dataset {self.name!r} ({self.directory})"
 
 
