@@ -207,3 +207,42 @@ def test_trigger_counts_and_reset():
         chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=0)
     with pytest.raises(ValueError, match="min_skill_steps"):
         chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=5, min_skill_steps=0)
+
+
+def test_buffer_defaults_dtypes_and_running_out():
+    """Defaults: a query every step, no ensembling. Actions are float32 (also when
+    ensembled); a chunk not replaced within its horizon leaves nothing to execute."""
+    buf = chaining.ChunkBuffer(1, 2, 1)
+    buf.add(np.arange(2.0)[None, :, None], [True])
+    buf.advance()
+    assert buf.needs_query().tolist() == [True]
+    assert buf.action().dtype == np.float32 and buf.action()[0, 0] == 1.0
+    buf.advance()
+    with pytest.raises(RuntimeError, match="^ChunkBuffer.action: an environment has no chunk"):
+        buf.action()
+    ens = chaining.ChunkBuffer(1, 2, 1, ensemble_m=0.1)
+    ens.add(np.arange(2.0)[None, :, None], [True])
+    assert ens.action().dtype == np.float32
+    # Masks given as 0/1 are masks, not indices.
+    two = chaining.ChunkBuffer(2, 2, 1, requery_every=2)
+    two.add(np.ones((2, 2, 1)), np.array([1, 1]))
+    two.add(np.full((2, 2, 1), 7.0), np.array([0, 1]))
+    np.testing.assert_array_equal(two.action()[:, 0], [1.0, 7.0])
+    two.clear(np.array([0, 1]))
+    assert two.needs_query().tolist() == [False, True]
+
+
+def test_trigger_defaults_cap_of_one_and_counters():
+    """min_skill_steps defaults to 1 (a keypose reached on the first step ends the skill);
+    a cap of 1 is allowed; capped skills add up; 0/1 reset masks are masks."""
+    trigger = chaining.SkillTrigger(2, epsilon=0.5, max_skill_steps=1)
+    for _ in range(3):
+        trigger.start_skills()
+        assert trigger.step([0.1, 9.0]).tolist() == [True, True]
+    assert trigger.capped.tolist() == [0, 3] and trigger.switches.tolist() == [3, 3]
+    assert {a.dtype.kind for a in (trigger.steps, trigger.switches, trigger.capped)} == {"i"}
+    trigger.start_skills()
+    trigger.reset(np.array([0, 1]))
+    assert trigger.switches.tolist() == [4, 0] and trigger.capped.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="^max_skill_steps and min_skill_steps must be >= 1$"):
+        chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=0)
