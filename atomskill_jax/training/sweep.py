@@ -70,7 +70,7 @@ def run_sweep(config_spec: str, sweep_spec: str, workdir: str, extra: list[str] 
     failed = []
     for i, (run_dir, argv) in enumerate(runs):
         print(f"[sweep {i + 1}/{len(runs)}] {run_dir}", flush=True)
-        cmd = [sys.executable, "-m", "atomskill_jax.cli", *argv,
+        cmd = [sys.executable, "-m", "atomskill_jax", *argv,
                *(["--overwrite"] if overwrite else [])]
         if subprocess.call(cmd) != 0:
             failed.append(run_dir)
