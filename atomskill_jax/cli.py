@@ -312,3 +312,7 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, KeyError):  # str() is only the key
         return f"KeyError: {err}"
     return str(err) or type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
