@@ -64,7 +64,8 @@ def test_constant_schedule_with_and_without_warmup():
 
 
 def test_unknown_schedule_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"config.optim.schedule='linear'.*'cosine' or 'constant'"):
+    with pytest.raises(ValueError,
+                       match=r"config.optim.schedule='linear'.*'cosine' or 'constant'"):
         optimizer.learning_rate_schedule(_config(lr=1.0, schedule="linear"), 10)
 
 
