@@ -35,7 +35,7 @@ _CHUNK = 4 << 20
 @dataclasses.dataclass(frozen=True)
 class ShardDamage:
     path: str
-    problem: str  # short, e.g. "truncated record at byte 7468 (record 3 of 6)"
+    problem: str  # short: "corrupted record at 7480 (after 2 of 6 records read intact)"
 
 
 def split_shards(source, split: str = "train") -> list[tuple[str, int]]:
@@ -137,8 +137,8 @@ def scan(source, split: str = "train", *, parse: bool = False,
             for _ in ds:
                 count += 1
         except tf.errors.OpError as err:
-            damaged.append(ShardDamage(path, f"{short_tf_message(err)} (after {count} of {expected} "
-                                             f"records read intact)"))
+            damaged.append(ShardDamage(path, f"{short_tf_message(err)} (after {count} of "
+                                             f"{expected} records read intact)"))
             continue
         if count != expected:
             damaged.append(ShardDamage(path, f"holds {count} records but dataset_info.json "

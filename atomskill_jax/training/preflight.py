@@ -2,8 +2,8 @@
 
 `make_pipeline` already refuses statistics of another build or of shards changed since
 (fingerprint: metadata plus each shard's size, mtime and SHA-256), names a changed shard
-that is damaged, and refuses files with NaN/inf. Here, beyond that: every field the normaliser uses is present with the
-dataset's dimension, spreads are sane (std >= 0, min <= max), and a few raw batches
+that is damaged, and refuses files with NaN/inf. Here, beyond that: every field the
+normaliser uses is present with the dataset's dimension, spreads are sane (std >= 0, min <= max), and a few raw batches
 lie inside the recorded [min, max] (a file edited by hand, or copied from a sibling
 dataset with the same layout, passes the fingerprint but not this). A model trained
 with wrong statistics would learn in the wrong units, silently; so refuse. Reading
