@@ -229,7 +229,9 @@ def test_rewritten_intact_shard_makes_statistics_stale_but_a_copy_does_not(
         pipeline.make_pipeline(_config(dataset))
 
 
-def test_statistics_without_shard_fingerprint_recomputed_once(dataset, caplog):
+def test_statistics_without_shard_fingerprint_recomputed_once(dataset, caplog, monkeypatch):
+    # An in-process `atomskill train` elsewhere in the session stops propagation.
+    monkeypatch.setattr(logging.getLogger("atomskill_jax"), "propagate", True)
     source = sources.open_source(dataset)
     stats = statistics_compute.load_or_compute_statistics(source, write=True)
     path = statistics_compute.statistics_path(source)
