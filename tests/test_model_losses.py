@@ -1,0 +1,86 @@
+"""Contrastive and VQ losses and the codebook state, pinned where mutation testing
+(bench/mutation.py contrastive vector_quantizer) found changes nothing else noticed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from atomskill_jax.models import vector_quantizer as vq
+from atomskill_jax.models.atomskill_config import tiny_model_config
+
+
+def _quantizer(d=2, codes=4, buffer=6, decay=0.0, dead=0.5, commitment=0.25):
+    config = tiny_model_config()
+    config.d_model = d
+    config.vq.update(codebook_size=codes, recent_buffer_size=buffer, usage_decay=decay,
+                     dead_usage_fraction=dead, commitment=commitment)
+    return vq.VectorQuantizer(config, rngs=nnx.Rngs(0))
+
+
+@nnx.jit
+def _train_call(quantizer, z_e):
+    """One compiled call (eager dispatch of each small op is slow on a loaded machine)."""
+    out = quantizer(z_e, update_state=True)
+    return out.indices, out.loss, out.metrics
+
+
+# -- codebook state -------------------------------------------------------------------
+def test_fresh_state_is_uniform_usage_and_an_empty_buffer():
+    # A resumed run restores this state; a fresh one must start from exactly it.
+    q = _quantizer(d=3, codes=5, buffer=7)
+    assert q.codebook[...].shape == (5, 3)
+    np.testing.assert_array_equal(q.usage[...], np.full(5, 0.2, np.float32))
+    np.testing.assert_array_equal(q.recent[...], np.zeros((7, 3)))
+    assert int(q.num_recent[...]) == 0 and int(q.write_position[...]) == 0
+
+
+def test_usage_is_an_ema_of_each_batch_share():
+    q = _quantizer(decay=0.9)
+    q.codebook[...] = jnp.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0]])
+    z_e = jnp.array([[0.1, 0.0], [0.0, 0.2], [9.0, 1.0], [0.2, 0.2]])  # codes 0, 0, 1, 0
+    _train_call(q, z_e)
+    share = np.array([0.75, 0.25, 0.0, 0.0])
+    first = 0.9 * 0.25 + 0.1 * share
+    np.testing.assert_allclose(q.usage[...], first, rtol=1e-6)
+    _train_call(q, z_e)
+    np.testing.assert_allclose(q.usage[...], 0.9 * first + 0.1 * share, rtol=1e-6)
+
+
+def test_a_batch_larger_than_the_buffer_keeps_its_last_rows():
+    q = _quantizer(buffer=3)
+    z_e = jnp.arange(10.0).reshape(5, 2)
+    _train_call(q, z_e)
+    np.testing.assert_array_equal(q.recent[...], z_e[-3:])
+    assert int(q.num_recent[...]) == 3 and int(q.write_position[...]) == 0
+    _train_call(q, z_e[:2] + 100)  # then the ring wraps from the write position
+    np.testing.assert_array_equal(q.recent[...], [[100, 101], [102, 103], z_e[-1]])
+    assert int(q.write_position[...]) == 2
+
+
+# -- contrastive ----------------------------------------------------------------------
+from atomskill_jax.models import contrastive  # noqa: E402
+
+
+def test_small_embeddings_are_normalised_too():
+    # Encoder outputs can have norms well below 1: the loss sees directions only.
+    z = jax.random.normal(jax.random.key(3), (6, 4))
+    positives = jnp.asarray(np.eye(6, k=1, dtype=bool) | np.eye(6, k=-1, dtype=bool))
+    loss, _ = contrastive.supervised_contrastive(z, positives, 0.1)
+    small, _ = contrastive.supervised_contrastive(1e-3 * z, positives, 0.1)
+    assert float(small) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_a_single_anchor_is_averaged_over_itself_only():
+    # Positives need not be symmetric: one anchor with two positives, three without.
+    z = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]], np.float32)
+    positives = np.zeros((4, 4), bool)
+    positives[0, [1, 2]] = True
+    loss, m = contrastive.supervised_contrastive(jnp.asarray(z), jnp.asarray(positives), 0.5)
+    sim = z @ z.T / 0.5
+    log_denominator = np.log(np.exp(sim[0, 1:]).sum())
+    want = -np.mean([sim[0, 1] - log_denominator, sim[0, 2] - log_denominator])
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(m["anchor_fraction"]) == pytest.approx(0.25)
+    assert float(m["mean_positives"]) == pytest.approx(2.0)
