@@ -119,6 +119,9 @@ def test_sampler_loss_terms(model, batch):
 
 
 def test_ddim_samples_lie_on_codebook_vectors(model, batch, config):
+    # Shapes and the snap only: the snap holds whatever the sampler computes. The sampler
+    # itself (DDIM values, guidance, labels, un-standardisation) is checked exactly in
+    # tests/test_model_sampler_{ddim,loss,labels,skill}.py.
     tokens, chunk, keypose, (encoded, indices) = _sample_and_act(
         model, jax.random.key(3), batch, 3, 3.0)  # with classifier-free guidance
     n, d = config.skill_encoder.num_tokens, config.d_model
