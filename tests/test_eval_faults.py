@@ -59,6 +59,7 @@ def store_file(out) -> str:
     return os.path.join(out, path)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_keeps_finished_episodes_and_the_rerun_runs_only_the_rest(tmp_path):
     reference = run()
     assert len({r.success_step for r in reference.results}) > 1  # episodes tell apart
@@ -94,6 +95,7 @@ def test_a_killed_worker_keeps_finished_episodes_and_the_rerun_runs_only_the_res
     assert NoisyExpert.batches == [[0]]
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_is_rerun_and_other_configurations_are_kept_apart(tmp_path, capsys):
     out = str(tmp_path / "report")
     first = run(out_dir=out, identity=IDENTITY)
@@ -120,6 +122,7 @@ def test_a_torn_last_line_is_rerun_and_other_configurations_are_kept_apart(tmp_p
            "checkpoint_step)" in said
 
 
+@pytest.mark.slow
 def test_episodes_run_in_other_batches_are_run_again_and_that_is_said(tmp_path, capsys):
     out = str(tmp_path / "report")
     run(out_dir=out, identity=IDENTITY)  # batches of 1
@@ -177,6 +180,7 @@ def test_eval_command_refuses_a_bad_out_before_calibrating_or_rolling_out(
     assert f"--out={blocker}/report is not a writable directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_command_resumes_into_its_default_report_directory(tiny_trained_workdir,
                                                                 tmp_path_factory, capsys):
     from atomskill_jax import cli
