@@ -43,11 +43,12 @@ def reference(tiny_trained_workdir):
                     for k, v in fields.items()}
 
 
-def _reset(reference, *, epsilon=0.0, requery_every=1, ensemble_m=None):
+def _reset(reference, *, epsilon=0.0, requery_every=1, ensemble_m=None, resample_every=0):
     """The shared policy, reset for B fresh episodes with these runtime options."""
     policy = reference[0]
     policy.options = dataclasses.replace(policy.options, requery_every=requery_every)
     policy.ensemble_m, policy.epsilon = ensemble_m, epsilon
+    policy.resample_every = resample_every
     infos = [TaskInfo("pick-place", "pick", 1_000_000 + i, 0, i) for i in range(B)]
     policy.reset(infos)
     return policy, infos
@@ -91,7 +92,7 @@ def _decode(reference, obs, tokens):
     return _unnorm(np.asarray(chunk), stats["action"]), np.asarray(keypose, np.float64)
 
 
-def _sample(reference, obs, infos, counter, seed=0):
+def _sample(reference, obs, infos, counter, steps_in=0, seed=0):
     """Tokens the policy's sampler call `counter` (since reset) draws for a new skill:
     the key is the policy's documented per-batch seed (reset) folded with the call
     index."""
@@ -102,7 +103,7 @@ def _sample(reference, obs, infos, counter, seed=0):
     tokens, _, _ = policy._sample_decode(
         policy._state, key, counter, _model_obs(obs, stats),
         jnp.asarray(obs["language_embedding"]), jnp.zeros_like(policy._tokens),
-        jnp.ones(len(infos), bool), jnp.zeros(len(infos), jnp.int32))
+        jnp.ones(len(infos), bool), jnp.full(len(infos), steps_in, jnp.int32))
     return np.asarray(tokens)
 
 
@@ -131,6 +132,30 @@ def test_actions_are_the_unnormalised_decoder_output_on_normalised_observations(
                                    _distance(reference, action, obs[t], keypose), rtol=1e-5)
     # The statistics matter here: un-normalised and normalised chunks differ.
     assert np.abs(chunk[:, 0] - _norm(chunk[:, 0], stats["action"])).min() > 1e-2
+    # Every environment due at once, after steps that sampled nothing: the second
+    # sampler call of the episode (key index 1), for all of them.
+    policy._trigger.need_skill[:] = True
+    obs3 = _obs(stats, B, 3)
+    action = policy.infer(obs3)
+    tokens = _sample(reference, obs3, infos, 1)
+    np.testing.assert_array_equal(np.asarray(policy._tokens), tokens)
+    np.testing.assert_allclose(action, _decode(reference, obs3, tokens)[0][:, 0], rtol=1e-5,
+                               atol=1e-6)
+    assert policy.skill_counts()["skills"].tolist() == [2] * B
+
+
+def test_resampling_draws_with_the_steps_into_the_skill(reference):
+    """resample_every=2: at step 2 the skill's tokens are drawn again (sampler call 1)
+    with the sampler told the skill is 2 steps old; no new skill is counted."""
+    stats = reference[1]
+    obs = [_obs(stats, B, seed) for seed in range(30, 33)]
+    policy, infos = _reset(reference, resample_every=2)
+    for t in range(3):
+        policy.infer(obs[t])
+    assert policy.skill_counts()["skills"].tolist() == [1] * B
+    tokens = _sample(reference, obs[2], infos, 1, steps_in=2)
+    np.testing.assert_array_equal(np.asarray(policy._tokens), tokens)
+    assert np.abs(tokens - _sample(reference, obs[2], infos, 1, steps_in=0)).max() > 0
 
 
 def _codebook(policy):
