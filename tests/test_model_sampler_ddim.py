@@ -40,7 +40,8 @@ def _obs(config):
 
 def _draws(key, shape, num_steps):
     """The sampler's random draws: x_T from the first half of `key`, one normal per DDIM
-    step from the second (the sampler's documented key use)."""
+    step from the second (how SkillSampler.sample splits its key; a change
+    there must be mirrored here)."""
     noise_key, step_key = jax.random.split(key)
     x_t = np.asarray(jax.random.normal(noise_key, shape, jnp.float32), np.float64)
     zs = [np.asarray(jax.random.normal(k, shape), np.float64)

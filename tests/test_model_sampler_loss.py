@@ -5,7 +5,8 @@ head's cross-entropy and accuracy on the true labels.
 
 The denoiser is stubbed (it records what it is given); the loss is called eagerly, so
 the recorded inputs are concrete arrays. The reference draws follow the sampler's
-documented key use: split(key, 3) -> (timesteps, noise, label dropout).
+key use in SkillSampler.loss: split(key, 3) -> (timesteps, noise, label dropout);
+a change there must be mirrored here.
 """
 
 import jax
