@@ -246,6 +246,14 @@ def test_statistics_without_shard_fingerprint_recomputed_once(dataset, caplog, m
     np.testing.assert_allclose(again["action"].mean, stats["action"].mean)
     saved = statistics.read_statistics_file(path)
     assert set(saved.fingerprint["shards"]) == {os.path.basename(_shard(dataset))}
+    # An old file whose numbers the data no longer gives: replaced, and said so.
+    old["fields"]["action"]["mean"][0] += 1.0
+    with open(path, "w") as f:
+        json.dump(old, f)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "atomskill_jax"):
+        statistics_compute.load_or_compute_statistics(source, write=True)
+    assert "differ from the old file in action" in caplog.text
 
 
 @pytest.mark.parametrize("damage", ["bad_json", "no_splits", "no_shard_lengths"])
