@@ -21,6 +21,8 @@ from atomskill_jax.eval.stages import StageTracker
 from atomskill_jax.policies.base import TaskInfo
 from atomskill_jax.policies.scripted import ScriptedExpertPolicy
 
+pytestmark = pytest.mark.slow  # 100 expert episodes
+
 SEED, EPISODES = 0, 2
 # (task, episode) where MetaWorld 3.1.1's expert fails on eval_layouts(0, 2).
 KNOWN_EXPERT_FAILURES = {("door-open", 1), ("peg-insert-side", 0)}

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.tiny_model import REPO, child_env
 
 SWEEP = '''
@@ -26,6 +28,7 @@ def _metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_sweep_trains_each_point_with_its_overrides(metaworld_rlds_dir, tmp_path):
     sweep_file = tmp_path / "two_seeds.py"
     sweep_file.write_text(SWEEP)
