@@ -199,6 +199,11 @@ def test_damaged_step_resume_falls_back_to_newest_intact(stand_in_workdir, metaw
     damaged = _largest_file(os.path.join(workdir, "skill", "checkpoints", "4", "params"))
     _overwrite_64_bytes(damaged)
     rel = os.path.relpath(damaged, os.path.join(workdir, "skill", "checkpoints", "4"))
+    # What a policy load of this step says: the file, and the intact step to load instead.
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=r"intact steps: \[2\] "
+                       r"\(load one with --step=2\)") as refused:
+        checkpoints.require_intact(os.path.join(workdir, "skill", "checkpoints"), 4, ("params",))
+    assert f"checkpoints/4 is damaged: {rel} does not match its saved sha256" in str(refused.value)
     with caplog.at_level(logging.WARNING, logger="atomskill_jax"):
         result = trainer.train(_config(metaworld_rlds_dir), workdir)
     warning = next(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
