@@ -274,3 +274,39 @@ def test_failure_message_puts_the_innermost_cause_first():
     assert "raised as Exception: See full TensorStore details: spec x" in text
     assert text.endswith(" ...]") and len(text) < 400  # the outer spec cut at its end
     assert chain(ValueError("plain: reason")).startswith("ValueError: plain: reason [raised")
+
+
+class _FakeIterator:
+    """Stands in for the tf.data iterator: its checkpoint is one file."""
+
+    def save(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "position"), "w") as f:
+            f.write("7")
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_every_saved_step_has_a_manifest_that_names_damage(tmp_path, async_save):
+    import jax.numpy as jnp
+
+    directory = str(tmp_path / "checkpoints")
+    manager = checkpoints.make_manager(directory, keep=0, async_save=async_save)
+    tree = {"w": jnp.arange(256.0), "b": jnp.ones(3)}
+    for step in (1, 2):
+        checkpoints.save(manager, step, params=tree, train_state=tree, iterator=_FakeIterator(),
+                         assets={"step": step})
+    manager.close()
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    for step in (1, 2):
+        manifest = json.load(open(os.path.join(directory, str(step), checksums.FILENAME)))
+        assert {p.split("/")[0] for p in manifest["files"]} == set(checkpoints.ITEMS)
+        assert checksums.verify(os.path.join(directory, str(step))).status == "intact"
+    _overwrite_64_bytes(os.path.join(directory, "2", "data", "position"))  # 1 byte -> 64
+    verdict = checksums.verify(os.path.join(directory, "2"))
+    assert verdict.status == "damaged"
+    assert verdict.detail == "data/position has 64 bytes, 1 were saved"
+    assert checksums.verify(os.path.join(directory, "2"), ("params",)).status == "intact"
+    params = os.path.join(directory, "1", "params")
+    lost = sorted(f for f in os.listdir(params) if os.path.isfile(os.path.join(params, f)))[0]
+    os.remove(os.path.join(params, lost))
+    assert checksums.verify(os.path.join(directory, "1")).detail == f"params/{lost} is missing"
