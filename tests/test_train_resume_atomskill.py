@@ -78,51 +78,71 @@ def _metrics(workdir, stage):
         return [json.loads(line) for line in f if line.strip()]
 
 
+class Straight:
+    """The uninterrupted run, started at once in its own child (it runs beside the
+    killed one); `wait()` for its results."""
+
+    def __init__(self, dataset, base):
+        self.base, self.workdir = base, base / "straight"
+        self.dumps = {name: base / f"a_{name}.npz" for name in ("skill2", "skill", "sampler")}
+        self.child = Child(CHILD, 1, dataset, self.workdir, f"record:{base / 'reinit'}",
+                           "train", f"dump:skill:2:{self.dumps['skill2']}",
+                           f"dump:skill:{SKILL_STEPS}:{self.dumps['skill']}",
+                           f"dump:sampler:{SAMPLER_STEPS}:{self.dumps['sampler']}",
+                           cache_dir=base / "cache")
+        self.metrics = None
+
+    def wait(self) -> "Straight":
+        if self.metrics is None:
+            self.child.finish(TIMEOUT)
+            self.metrics = {s: _metrics(self.workdir, s) for s in ("skill", "sampler")}
+        return self
+
+
 @pytest.fixture(scope="module")
-def runs(metaworld_rlds_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("resume_atomskill")
-    cache, straight, killed = base / "cache", base / "straight", base / "killed"
-    dumps = {name: base / f"{name}.npz" for name in
-             ("a_skill2", "a_skill", "a_sampler", "b_skill", "b_sampler")}
-    seen = {}
+def straight(metaworld_rlds_dir, tmp_path_factory):
+    run = Straight(metaworld_rlds_dir, tmp_path_factory.mktemp("resume_atomskill"))
+    yield run
+    run.child.kill()
+
+
+@pytest.fixture(scope="module")
+def killed(straight, metaworld_rlds_dir):
+    """The same run SIGKILLed twice and resumed each time; what was seen at each kill."""
+    base = straight.base
+    workdir = base / "killed"
+    dumps = {name: base / f"b_{name}.npz" for name in ("skill", "sampler")}
+    seen = {"dumps": dumps}
+
+    def start(*actions, hang=None):
+        child = Child(CHILD, 1, metaworld_rlds_dir, workdir, *actions, cache_dir=base / "cache",
+                      env={HANG: str(hang)} if hang else None)
+        children.append(child)
+        return child
+
     children = []
     try:
-        a = Child(CHILD, 1, metaworld_rlds_dir, straight, f"record:{base / 'reinit'}", "train",
-                  f"dump:skill:2:{dumps['a_skill2']}",
-                  f"dump:skill:{SKILL_STEPS}:{dumps['a_skill']}",
-                  f"dump:sampler:{SAMPLER_STEPS}:{dumps['a_sampler']}", cache_dir=cache)
-        children.append(a)
         # Killed in the skill stage after step 3: its step-2 checkpoint holds a re-seed.
-        b = Child(CHILD, 1, metaworld_rlds_dir, killed, "train", cache_dir=cache,
-                  env={HANG: "3"})
-        children.append(b)
-        b.wait_for_line("HANGING after step 3", TIMEOUT)
-        b.kill()
-        seen["skill_kill"] = {s: _steps(killed, s) for s in ("skill", "sampler")}
-        seen["skill_kill_metrics"] = _metrics(killed, "skill")
+        start("train", hang=3).wait_for_line("HANGING after step 3", TIMEOUT)
+        children[-1].kill()
+        seen["skill_kill"] = {s: _steps(workdir, s) for s in ("skill", "sampler")}
+        seen["skill_kill_metrics"] = _metrics(workdir, "skill")
         # Resumed: finishes the skill stage, killed in the sampler stage after step 5.
-        b = Child(CHILD, 1, metaworld_rlds_dir, killed, "train", cache_dir=cache,
-                  env={HANG: "5"})
-        children.append(b)
-        b.wait_for_line("HANGING after step 5", TIMEOUT)
-        b.kill()
-        seen["sampler_kill"] = {s: _steps(killed, s) for s in ("skill", "sampler")}
-        b = Child(CHILD, 1, metaworld_rlds_dir, killed, "train",
-                  f"dump:skill:{SKILL_STEPS}:{dumps['b_skill']}",
-                  f"dump:sampler:{SAMPLER_STEPS}:{dumps['b_sampler']}", cache_dir=cache)
-        children.append(b)
-        seen["resumed"] = json.loads(b.finish(TIMEOUT).strip().splitlines()[-1])
-        seen["straight"] = json.loads(a.finish(TIMEOUT).strip().splitlines()[-1])
+        start("train", hang=5).wait_for_line("HANGING after step 5", TIMEOUT)
+        children[-1].kill()
+        seen["sampler_kill"] = {s: _steps(workdir, s) for s in ("skill", "sampler")}
+        out = start("train", f"dump:skill:{SKILL_STEPS}:{dumps['skill']}",
+                    f"dump:sampler:{SAMPLER_STEPS}:{dumps['sampler']}").finish(TIMEOUT)
+        seen["resumed"] = json.loads(out.strip().splitlines()[-1])
     finally:
         for child in children:
             child.kill()
-    seen["killed_metrics"] = {s: _metrics(killed, s) for s in ("skill", "sampler")}
-    seen["straight_metrics"] = {s: _metrics(straight, s) for s in ("skill", "sampler")}
-    return base, dumps, seen
+    seen["metrics"] = {s: _metrics(workdir, s) for s in ("skill", "sampler")}
+    return seen
 
 
-def test_interruptions_happened_where_intended(runs):
-    _, _, seen = runs
+def test_interruptions_happened_where_intended(killed):
+    seen = killed
     assert seen["skill_kill"] == {"skill": [2], "sampler": []}
     assert seen["sampler_kill"] == {"skill": [2, 4], "sampler": [2, 4]}
     assert seen["resumed"]["skill"]["step"] == SKILL_STEPS
@@ -132,35 +152,35 @@ def test_interruptions_happened_where_intended(runs):
     assert at_2 and at_2[0]["reinit/codes_reinitialised"] > 0
 
 
-def test_twice_killed_run_resumes_exactly(runs):
-    _, dumps, _ = runs
+def test_twice_killed_run_resumes_exactly(straight, killed):
+    straight.wait()
     for stage in ("skill", "sampler"):
-        straight, resumed = load_dump(dumps[f"a_{stage}"]), load_dump(dumps[f"b_{stage}"])
+        expected, resumed = load_dump(straight.dumps[stage]), load_dump(killed["dumps"][stage])
         # The comparison covers the state a resume must restore.
         for part in ("rng", "opt_state", "params", "frozen", "rest"):
-            assert any(k.startswith(f"train_state['{part}']") for k in straight), (stage, part)
-        assert "train_state['rest']['vq']['usage']['value']" in straight
-        assert "params['vq']['usage']['value']" in straight
-        has_ema = any(k.startswith("train_state['ema']") for k in straight)
+            assert any(k.startswith(f"train_state['{part}']") for k in expected), (stage, part)
+        assert "train_state['rest']['vq']['usage']['value']" in expected
+        assert "params['vq']['usage']['value']" in expected
+        has_ema = any(k.startswith("train_state['ema']") for k in expected)
         assert has_ema == (stage == "sampler"), stage
-        assert_same_arrays(straight, resumed, f"{stage} stage, straight vs resumed")
+        assert_same_arrays(expected, resumed, f"{stage} stage, straight vs resumed")
 
 
-def test_resumed_log_continues(runs):
-    _, _, seen = runs
+def test_resumed_log_continues(straight, killed):
+    straight.wait()
     for stage, total in (("skill", SKILL_STEPS), ("sampler", SAMPLER_STEPS)):
-        steps = [m["step"] for m in seen["killed_metrics"][stage]]
+        steps = [m["step"] for m in killed["metrics"][stage]]
         # Every step logged (log_every=1); the ones redone after a kill appear twice.
         assert set(steps) == set(range(1, total + 1)) and steps[-1] == total, (stage, steps)
-        last = {m["step"]: m for m in seen["killed_metrics"][stage]}
-        straight = {m["step"]: m for m in seen["straight_metrics"][stage]}
+        last = {m["step"]: m for m in killed["metrics"][stage]}
+        expected = {m["step"]: m for m in straight.metrics[stage]}
         for step in range(1, total + 1):
-            assert last[step]["loss"] == straight[step]["loss"], (stage, step)
-            assert last[step]["lr"] == straight[step]["lr"], (stage, step)
+            assert last[step]["loss"] == expected[step]["loss"], (stage, step)
+            assert last[step]["lr"] == expected[step]["lr"], (stage, step)
 
 
-def _reinit_record(base, step):
-    data = load_dump(base / "reinit" / f"reinit_{step}.npz")
+def _reinit_record(straight, step):
+    data = load_dump(straight.base / "reinit" / f"reinit_{step}.npz")
 
     def one(prefix, name):
         keys = [k for k in data if k.startswith(prefix) and "vq" in k and f"'{name}'" in k]
@@ -170,21 +190,20 @@ def _reinit_record(base, step):
     return data, one
 
 
-def test_dead_codes_reseeded_every_window_in_the_loop(runs):
-    base, _, seen = runs
-    recorded = sorted(os.listdir(base / "reinit"))
+def test_dead_codes_reseeded_every_window_in_the_loop(straight):
+    straight.wait()
+    recorded = sorted(os.listdir(straight.base / "reinit"))
     assert recorded == [f"reinit_{s}.npz" for s in range(REINIT_EVERY, SKILL_STEPS + 1,
                                                          REINIT_EVERY)]
-    logged = [m["step"] for m in seen["straight_metrics"]["skill"]
-              if "reinit/codes_reinitialised" in m]
+    logged = [m["step"] for m in straight.metrics["skill"] if "reinit/codes_reinitialised" in m]
     assert logged == [2, 4]
-    assert not any("reinit/codes_reinitialised" in m for m in seen["straight_metrics"]["sampler"])
+    assert not any("reinit/codes_reinitialised" in m for m in straight.metrics["sampler"])
 
 
 @pytest.mark.parametrize("step", [2, 4])
-def test_dead_codes_replaced_by_encoder_outputs(runs, step):
-    base, _, seen = runs
-    data, one = _reinit_record(base, step)
+def test_dead_codes_replaced_by_encoder_outputs(straight, step):
+    straight.wait()
+    data, one = _reinit_record(straight, step)
     usage = one("before.rest", "usage")
     dead = usage < DEAD_FRACTION / CODES
     assert 0 < dead.sum() < CODES, usage  # the test needs both kinds of code
@@ -199,15 +218,15 @@ def test_dead_codes_replaced_by_encoder_outputs(runs, step):
     np.testing.assert_array_equal(after[~dead], before[~dead])
     np.testing.assert_array_equal(one("after.rest", "usage")[~dead], usage[~dead])
     assert data["metrics['codes_reinitialised']"] == dead.sum()
-    logged = {m["step"]: m for m in seen["straight_metrics"]["skill"]}
+    logged = {m["step"]: m for m in straight.metrics["skill"]}
     assert logged[step]["reinit/codes_reinitialised"] == dead.sum()
 
 
-def test_training_continues_from_the_reseeded_codebook(runs):
+def test_training_continues_from_the_reseeded_codebook(straight):
     """The checkpoint of the re-seed's step holds the re-seeded codebook and usage."""
-    base, dumps, _ = runs
-    _, one = _reinit_record(base, 2)
-    saved = load_dump(dumps["a_skill2"])
+    straight.wait()
+    _, one = _reinit_record(straight, 2)
+    saved = load_dump(straight.dumps["skill2"])
     for key in ("params['vq']['codebook']['value']",
                 "train_state['params']['vq']['codebook']['value']"):
         np.testing.assert_array_equal(saved[key], one("after.params", "codebook"), err_msg=key)
