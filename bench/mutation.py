@@ -121,8 +121,35 @@ def _row(statuses: dict[str, str]) -> dict[str, int | str]:
     return {**counts, "score": f"{100 * score:.1f}%"}
 
 
+_LIST_MUTANTS = """
+import sys
+from pathlib import Path
+from mutmut.mutation.file_mutation import mutate_file_contents
+from mutmut.utils.format_utils import get_mutant_name
+module = sys.argv[1]
+for m in mutate_file_contents(module, Path(module).read_text()).mutant_names:
+    print(get_mutant_name(Path(module), m))
+"""
+
+
+def mutant_names(copy: Path, module: str) -> list[str]:
+    """Every mutant mutmut makes of `module` (its own generator, run in the configured copy:
+    mutmut reads its configuration from the working directory)."""
+    out = subprocess.run([sys.executable, "-c", _LIST_MUTANTS, module], cwd=copy, check=True,
+                         capture_output=True, text=True).stdout
+    return sorted(out.split())
+
+
+def sample_mutants(copy: Path, module: str, size: int, seed: int) -> list[str]:
+    """A reproducible random sample: the same one before and after a change of tests."""
+    import random
+
+    names = mutant_names(copy, module)
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
 def run_module(name: str, *, jobs: int, keep: bool, diffs: bool, log, tests=None,
-               only=()) -> dict:
+               only=(), sample=0, seed=0) -> dict:
     module, default_tests = MODULES[name]
     tests = list(tests or default_tests)
     missing = [t for t in tests if not (REPO / t).exists()]
@@ -133,6 +160,8 @@ def run_module(name: str, *, jobs: int, keep: bool, diffs: bool, log, tests=None
     try:
         _copy_tree(copy)
         _configure(copy, module, tests)
+        if sample:
+            only = tuple(only) + tuple(sample_mutants(copy, module, sample, seed))
         env = {**os.environ, "PYTHONPATH": str(copy / "mutants"), "JAX_PLATFORMS": "cpu",
                "JAX_COMPILATION_CACHE_DIR": str(copy / "jax-cache"),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -183,6 +212,9 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--tests", default=None,
                         help="comma-separated test files instead of the module's own (one module)")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="run a random sample of N mutants per module (a quick estimate)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--only", nargs="+", default=(), metavar="MUTANT",
                         help="run only these mutants (names or globs, as listed by a run)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
@@ -204,6 +236,7 @@ def main(argv=None) -> None:
         for name in names:
             results.append(run_module(name, jobs=args.jobs, keep=args.keep, diffs=args.diffs,
                                       log=log, only=tuple(args.only),
+                                      sample=args.sample, seed=args.seed,
                                       tests=args.tests.split(",") if args.tests else None))
             r = results[-1]
             print(f"{name}: {r['row']['score']} ({r['row']['killed']}/{r['row']['mutants']} killed)"

@@ -143,3 +143,53 @@ def test_images_decoded_resized_and_augmented_by_seed():
         gray, tf.constant([1, 2], tf.int64), crop_scale=(1, 1), hue=0.2, brightness=0,
         contrast=(1, 1), saturation=(1, 1)).numpy(), gray)
     assert np.abs(hue_only.astype(int) - images.numpy()).max() > 0
+
+
+# -- found by mutation testing (bench/mutation.py traj_transforms) ----------------------
+def test_every_field_of_an_example_and_its_dtype():
+    ep = _episode_tensors()
+    for key in ("language_embedding", "keypose"):  # cast to the example spec's float32
+        ep[key] = tf.cast(ep[key], tf.float64)
+    out = _numpy(_steps(ep))
+    raw = _numpy(ep)
+    assert set(out) == {"observation", "language_embedding", "action_chunk", "action_chunk_mask",
+                        "skill", "keypose", "timestep", "episode_length", "dataset_index"}
+    assert set(out["skill"]) == {"actions", "length", "start", "end", "label_id", "uid"}
+    assert set(out["observation"]) == set(raw["observation"])
+    for k, v in raw["observation"].items():
+        np.testing.assert_array_equal(out["observation"][k], v)
+    np.testing.assert_array_equal(out["language_embedding"], raw["language_embedding"])
+    assert out["episode_length"].tolist() == [20] * 20
+    dtypes = {k: out[k].dtype for k in ("language_embedding", "keypose", "timestep",
+                                        "episode_length", "dataset_index")}
+    assert dtypes == {"language_embedding": np.float32, "keypose": np.float32,
+                      "timestep": np.int32, "episode_length": np.int32,
+                      "dataset_index": np.int32}
+    assert out["skill"]["label_id"].dtype == np.int32 and out["skill"]["uid"].dtype == np.int64
+
+
+def test_resample_length_two_is_the_endpoints_and_one_is_refused():
+    actions = tf.constant(np.arange(12.0).reshape(6, 2), tf.float32)
+    starts, ends = tf.constant([0, 2]), tf.constant([1, 5])
+    out = traj_transforms.resample_segments(actions, starts, ends, 2).numpy()
+    np.testing.assert_array_equal(out, [[[0, 1], [2, 3]], [[4, 5], [10, 11]]])
+    with pytest.raises(ValueError, match="skill resample length must be >= 2, got 1"):
+        traj_transforms.resample_segments(actions, starts, ends, 1)
+
+
+def test_unknown_action_space_is_named():
+    with pytest.raises(ValueError, match="action_space must be 'action' or 'action_abs', "
+                                         "got 'delta'"):
+        _steps(_episode_tensors(), action_space="delta")
+
+
+def test_more_segments_than_the_uid_holds_is_refused():
+    # 2**16 one-step segments: the 16 segment bits of the uid would overflow into the
+    # episode's, and two skills would share an id.
+    t_len = 1 << traj_transforms.EPISODE_SHIFT
+    episode = {"action": tf.zeros([t_len, 1]), "skill_segment": tf.range(t_len),
+               "observation": {}, "language_embedding": tf.zeros([t_len, 1]),
+               "skill_label_id": tf.zeros([t_len], tf.int32), "keypose": tf.zeros([t_len, 1]),
+               "episode_index": tf.constant(0, tf.int64)}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more skill segments"):
+        traj_transforms.training_steps(episode, dataset_index=0, horizon=2, resample_length=2)
