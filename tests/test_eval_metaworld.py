@@ -73,3 +73,24 @@ def test_adapter_observations_match_the_builder_and_reject_training_layouts():
         metaworld_eval.MetaWorldEvalEnv("drawer-close", spec)
     batch = metaworld_eval.stack_observations([obs, obs])
     assert batch["state"].shape == (2, 39) and batch["language_instruction"].shape == (2,)
+
+
+def test_lift_is_measured_from_the_hands_arrival_not_from_reset():
+    # The hammer's reported height starts at 0 and settles 2.8 cm higher before the
+    # hand arrives: that rise is not a lift (measured from reset, it counted as one).
+    from atomskill_jax.eval.stages import StageTracker
+
+    def state(hand, obj):
+        s = np.zeros(39, np.float32)
+        s[0:3], s[4:7] = hand, obj
+        return s
+
+    tracker = StageTracker("hammer")
+    far, info = [0.0, 0.4, 0.2], {"success": 0.0}
+    tracker.reset(state(far, [0.0, 0.6, 0.0]))
+    for z in (0.01, 0.02, 0.035, 0.028):  # settling, the hand still far away
+        assert not tracker.flags(state(far, [0.0, 0.6, z]), info).any()
+    arrived = tracker.flags(state([0.0, 0.6, 0.06], [0.0, 0.6, 0.028]), info)
+    assert list(arrived) == [True, False, False]  # reached, not lifted
+    lifted = tracker.flags(state([0.0, 0.6, 0.075], [0.0, 0.6, 0.045]), info)
+    assert list(lifted) == [True, True, False]  # 1.7 cm above its height on arrival
