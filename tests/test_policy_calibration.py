@@ -77,7 +77,7 @@ def test_end_zone_width_and_quantiles_are_parameters():
     out = calibration.epsilon_from_episodes([_episode([0, 1, 2], [0.0, 0.5, 1.0])], _normalize)
     assert out["eps_early"] == float("inf") and out["epsilon"] == pytest.approx(0.9)
     assert out["early_fire_rate"] == 0.0
-    with pytest.raises(ValueError, match="no episodes"):
+    with pytest.raises(ValueError, match="^epsilon calibration: no episodes$"):
         calibration.epsilon_from_episodes([], _normalize)
 
 
