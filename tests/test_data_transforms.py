@@ -193,3 +193,17 @@ def test_more_segments_than_the_uid_holds_is_refused():
                "episode_index": tf.constant(0, tf.int64)}
     with pytest.raises(tf.errors.InvalidArgumentError, match="more skill segments"):
         traj_transforms.training_steps(episode, dataset_index=0, horizon=2, resample_length=2)
+
+
+def test_segment_uid_fields_do_not_bleed_into_each_other():
+    # All-ones episode and segment fields next to a dataset index: every bit lands home.
+    episode, segment = (1 << 32) - 1, (1 << 16) - 1
+    uid = (5 << traj_transforms.DATASET_SHIFT) + (episode << traj_transforms.EPISODE_SHIFT) + segment
+    assert traj_transforms.decode_segment_uid(uid) == (5, episode, segment)
+    assert traj_transforms.decode_segment_uid(1 << traj_transforms.EPISODE_SHIFT) == (0, 1, 0)
+    # An odd episode index through the transform; the default action space is "action".
+    ep = _episode_tensors(index=7, segments=(2, 3))
+    out = _numpy(traj_transforms.training_steps(ep, dataset_index=1, horizon=2, resample_length=2))
+    assert [traj_transforms.decode_segment_uid(u) for u in out["skill"]["uid"][[0, 4]]] == [
+        (1, 7, 0), (1, 7, 1)]
+    np.testing.assert_array_equal(out["action_chunk"][:, 0], _numpy(ep)["action"])
