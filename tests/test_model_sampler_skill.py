@@ -23,6 +23,7 @@ B = 2
 @pytest.fixture(scope="module")
 def setup():
     config = tiny_model_config()
+    config.cameras = ()  # no ResNet: a cheaper model; images play no part here
     config.loss_weights.update(diffusion=0.5, label_head=4.0)
     model = AtomSkill(config, rngs=nnx.Rngs(0))
     k, d = config.vq.codebook_size, config.d_model
