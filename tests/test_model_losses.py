@@ -84,3 +84,23 @@ def test_a_single_anchor_is_averaged_over_itself_only():
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(m["anchor_fraction"]) == pytest.approx(0.25)
     assert float(m["mean_positives"]) == pytest.approx(2.0)
+
+
+def test_loss_metrics_carry_the_values_the_logs_name():
+    z = jax.random.normal(jax.random.key(4), (3, 2, 4))
+    indices, labels = jnp.array([[0, 1], [0, 1], [1, 1]]), jnp.array([0, 0, 1])
+    total, m = contrastive.contrastive_loss(z, indices, labels)
+    assert float(m["contrastive"]) == float(total)
+    assert float(total) == pytest.approx(
+        float(m["contrastive_temporal"]) + float(m["contrastive_semantic"]), rel=1e-6)
+    loss, m = vq.vq_loss(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 1.0]]), 0.5)
+    assert float(m["vq_commitment"]) == pytest.approx(1.0)  # mean of (1, 1)
+    assert float(loss) == pytest.approx(1.0 + 0.5 * 1.0)
+
+
+def test_quantized_codes_are_the_nearest_code_vectors():
+    q = _quantizer()
+    q.codebook[...] = jnp.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0]])
+    out = q(jnp.array([[9.0, 1.0], [1.0, 8.0]]))
+    np.testing.assert_array_equal(out.indices, [1, 2])
+    np.testing.assert_array_equal(out.codes, [[10.0, 0.0], [0.0, 10.0]])
