@@ -95,8 +95,9 @@ def test_ddim_timesteps_descend_from_the_last_to_zero():
     assert ddim_timesteps(10, 3).tolist() == [9, 4, 0]  # round(4.5) = 4
     assert ddim_timesteps(50, 5).tolist() == [49, 37, 24, 12, 0]
     assert ddim_timesteps(5, 10).tolist() == [4, 3, 2, 1, 0]  # at most T distinct steps
-    assert ddim_timesteps(10, 0).tolist() == [0]  # at least one
-    assert ddim_timesteps(10, 1).tolist() == [0]
+    # One step starts from pure noise too (it used to be t=0: noise taken as clean).
+    assert ddim_timesteps(10, 1).tolist() == [9]
+    assert ddim_timesteps(10, 0).tolist() == [9]  # at least one
 
 
 # -- the DDIM update ----------------------------------------------------------------
@@ -198,7 +199,7 @@ def _guidance_stub(sampler, seen):
 
 @pytest.mark.parametrize("scale", [0.0, 3.0, -0.5])
 def test_guidance_extrapolates_from_unconditional_to_conditional(scale):
-    # One DDIM step (t=0 -> clean) returns x̂0 itself: u + s (c - u) exactly.
+    # One DDIM step (t=T-1 -> clean) returns x̂0 itself: u + s (c - u) exactly.
     sampler, config = _sampler(prediction_type="sample", clip_x0=0.0)
     seen = []
     sampler.denoise = _guidance_stub(sampler, seen)

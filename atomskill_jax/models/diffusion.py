@@ -72,8 +72,12 @@ def beta_schedule(name: str, num_steps: int, beta_start: float = 1e-4, beta_end:
 
 
 def ddim_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """Descending, distinct timesteps from T-1 to 0 (at most T of them)."""
+    """Descending, distinct timesteps from T-1 to 0 (at most T of them). One step is T-1:
+    DDIM starts from pure noise, which only the last timestep describes (t=0 would ask
+    the denoiser to treat noise as an almost clean sample)."""
     num_steps = max(1, min(int(num_steps), num_train_steps))
+    if num_steps == 1:
+        return np.array([num_train_steps - 1], np.int32)
     return np.unique(np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int32))[::-1]
 
 
