@@ -55,6 +55,12 @@ def test_run_no_longer_than_its_warmup():
                                rtol=1e-6)
 
 
+def test_one_warmup_step():
+    # The tiny config's warmup: the first update at lr 0, then the cosine from its peak.
+    np.testing.assert_allclose(_lrs(_config(lr=0.5, warmup_steps=1), 5, [0, 1, 3, 5]),
+                               [0, 0.5, 0.25, 0], rtol=1e-6, atol=1e-12)
+
+
 def test_constant_schedule_with_and_without_warmup():
     np.testing.assert_allclose(
         _lrs(_config(lr=0.5, schedule="constant", warmup_steps=2), 10, [0, 1, 2, 9, 20]),
