@@ -56,13 +56,14 @@ MODULES = {
     "atomskill_policy": ("atomskill_jax/policies/atomskill_policy.py",
                          ["tests/test_policy_runtime.py"]),
     "chaining": ("atomskill_jax/policies/chaining.py", ["tests/test_policy_chaining.py"]),
-    "calibration": ("atomskill_jax/policies/calibration.py", ["tests/test_policy_runtime.py"]),
+    "calibration": ("atomskill_jax/policies/calibration.py", ["tests/test_policy_calibration.py"]),
     "diffusion": ("atomskill_jax/models/diffusion.py",
-                  ["tests/test_model_components.py", "tests/test_model_ddim_clip.py",
-                   "tests/test_model_sampler_prediction.py"]),
-    "optimizer": ("atomskill_jax/training/optimizer.py", ["tests/test_train_config.py"]),
+                  ["tests/test_model_components.py", "tests/test_model_sampler_ddim.py",
+                   "tests/test_model_ddim_clip.py", "tests/test_model_sampler_loss.py"]),
+    "optimizer": ("atomskill_jax/training/optimizer.py", ["tests/test_train_optimizer.py"]),
     "checkpoints": ("atomskill_jax/training/checkpoints.py",
-                    ["tests/test_train_resume.py", "tests/test_train_refusals.py"]),
+                    ["tests/test_train_resume.py", "tests/test_train_refusals.py",
+                     "tests/test_train_faults.py"]),
 }
 COLUMNS = ("mutants", "killed", "survived", "timeout", "suspicious", "no tests", "skipped")
 

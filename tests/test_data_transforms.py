@@ -207,3 +207,6 @@ def test_segment_uid_fields_do_not_bleed_into_each_other():
     assert [traj_transforms.decode_segment_uid(u) for u in out["skill"]["uid"][[0, 4]]] == [
         (1, 7, 0), (1, 7, 1)]
     np.testing.assert_array_equal(out["action_chunk"][:, 0], _numpy(ep)["action"])
+    first = _numpy(traj_transforms.training_steps(ep, dataset_index=0, horizon=2,
+                                                  resample_length=2))["skill"]["uid"]
+    assert traj_transforms.decode_segment_uid(first[-1]) == (0, 7, 1)  # dataset 0: the usual
