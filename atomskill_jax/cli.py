@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     from atomskill_jax.eval import reproduce  # its parser; the work imports inside run
 
     reproduce.add_parser(sub)
-    demo = sub.add_parser("demo", help="the embedded default, end to end")
-    demo.add_argument("--out", default="demo_out")
+    from atomskill_jax import demo as demo_command  # argparse only at import
+
+    demo_command.add_parser(sub)
     for name, where in NOT_YET.items():
         sub.add_parser(name, help=f"not yet available: {where}")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -19,9 +19,10 @@ import argparse
 import collections
 import os
 import shlex
-import subprocess
 import sys
 import time
+
+from atomskill_jax import child_commands
 
 SUITE = "rlbench6"
 EPISODES_PER_TASK = 25
@@ -86,10 +87,10 @@ def _options(args) -> dict:
 def _run(title: str, args: list[str], timings: dict) -> None:
     print(f"\n== {title}\n$ atomskill {shlex.join(args)}", flush=True)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "atomskill_jax", *args])
+    code = child_commands.run(child_commands.atomskill_command(args))  # Ctrl-C: checkpoint
     timings[title] = time.time() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: stage '{title}' failed (exit {proc.returncode})")
+    if code != 0:
+        raise SystemExit(f"demo: stage '{title}' failed (exit {code})")
 
 
 def _print_skills(dataset_dir: str) -> None:

@@ -28,8 +28,8 @@ STAGES = ("build pick-place demonstrations", "train AtomSkill (tiny config)",
 @pytest.mark.slow
 def test_demo_runs_every_stage_on_a_tiny_setting(tmp_path):
     out = tmp_path / "demo"
-    # The demo module's own entry point declares the same options as `atomskill demo`.
-    cmd = [sys.executable, "-m", "atomskill_jax.demo", "--tasks=pick-place",
+    # `atomskill demo` itself, as a user types it (python -m atomskill_jax is the script).
+    cmd = [sys.executable, "-m", "atomskill_jax", "demo", "--tasks=pick-place",
            "--episodes-per-task=2", "--eval-episodes=1", "--eval-max-steps=40",
            "--eval-workers=0", "--variant=tiny", f"--out={out}"]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(tmp_path / "jax_cache"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from atomskill_jax.eval import plots
+from atomskill_jax.training import checkpoints, checksums
 from tests.tiny_model import copy_workdir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -186,6 +187,8 @@ def _set_skill_conditioning_false(workdir):
             assets["config"]["model"]["decoder"]["skill_conditioning"] = False
             with open(path, "w") as f:
                 json.dump(assets, f)
+            # A deliberate edit: re-hash the step, or loading refuses it as damaged.
+            checksums.write_manifest(os.path.join(root, step), checkpoints.ITEMS)
 
 
 def test_plot_command_refusals(workdir, tmp_path, capsys):

@@ -28,9 +28,9 @@ import importlib.util
 import json
 import os
 import shlex
-import subprocess
-import sys
 import time
+
+from atomskill_jax import child_commands
 
 TRAIN_MARKER = "reproduce_train.json"
 DEFAULT_RUNTIME = {"requery_every": 1, "epsilon": None, "max_skill_steps": None,
@@ -266,10 +266,10 @@ class _Stages:
     def run(self, title: str, argv: list[str]) -> None:
         print(f"\n== {title}\n$ {_command(argv)}", flush=True)
         start = time.time()
-        proc = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", *argv])
+        code = child_commands.run(child_commands.atomskill_command(argv))  # Ctrl-C: checkpoint
         self.timings.append((title, time.time() - start))
-        if proc.returncode != 0:
-            raise RuntimeError(f"stage '{title}' failed (exit {proc.returncode}); its command: "
+        if code != 0:
+            raise RuntimeError(f"stage '{title}' failed (exit {code}); its command: "
                                f"{_command(argv)}")
 
     def skip(self, title: str, why: str) -> None:

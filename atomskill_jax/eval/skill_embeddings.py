@@ -156,6 +156,7 @@ def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False
     pipeline puts into segment uids (file offset + position in file); with
     `with_num_skills`, (task, episode_metadata/num_skills) pairs instead."""
     from atomskill_jax.data.tf_setup import tf  # first: keeps TensorFlow off GPUs
+    from atomskill_jax.data import read_errors
 
     ds, index_of = _indexed_episodes(source, split)
     features = source.builder.info.features
@@ -170,7 +171,8 @@ def episode_tasks(source, split: str = "train", *, with_num_skills: bool = False
 
     ds = ds.map(select)
     out = {}
-    for tfds_id, task, num_skills in ds.as_numpy_iterator():
+    for tfds_id, task, num_skills in read_errors.iterate(ds.as_numpy_iterator(), [source],
+                                                         split):  # damaged shards named
         index = index_of(tfds_id)
         out[index] = (task.decode(), int(num_skills)) if with_num_skills else task.decode()
     return out

@@ -11,10 +11,10 @@ import importlib.util
 import os
 import re
 import shlex
-import subprocess
 import sys
 from typing import Any
 
+from atomskill_jax import child_commands
 from atomskill_jax.training import config_flags
 
 
@@ -70,9 +70,8 @@ def run_sweep(config_spec: str, sweep_spec: str, workdir: str, extra: list[str] 
     failed = []
     for i, (run_dir, argv) in enumerate(runs):
         print(f"[sweep {i + 1}/{len(runs)}] {run_dir}", flush=True)
-        cmd = [sys.executable, "-m", "atomskill_jax", *argv,
-               *(["--overwrite"] if overwrite else [])]
-        if subprocess.call(cmd) != 0:
+        cmd = child_commands.atomskill_command([*argv, *(["--overwrite"] if overwrite else [])])
+        if child_commands.run(cmd) != 0:  # Ctrl-C: the run checkpoints, then the sweep stops
             failed.append(run_dir)
     if failed:
         print(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}",
