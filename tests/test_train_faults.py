@@ -9,10 +9,8 @@ import hashlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -20,7 +18,8 @@ import numpy as np
 import pytest
 
 from atomskill_jax.training import checkpoints, checksums, interrupts, trainer, workdir_lock
-from tests.tiny_model import copy_workdir, start_child, tiny_train_config
+from tests.tiny_model import copy_workdir, tiny_train_config
+from tests.train_helpers import Child
 
 # argv: devices, dataset, workdir, steps[, dump npz of the final train state]
 CHILD = """
@@ -38,32 +37,15 @@ if len(sys.argv) > 5:
 TIMEOUT = 300  # a hung child fails the test instead of hanging the suite
 
 
-def _start(dataset, workdir, steps, *extra, cache, hang_after=None):
+def _start(dataset, workdir, steps, *extra, cache, hang_after=None) -> Child:
+    """A trainer child whose stdout and stderr are drained by threads (no read blocks)."""
     env = {} if hang_after is None else {trainer.HANG_ENV: str(hang_after)}
-    os.environ.update(env)  # start_child copies os.environ
-    try:
-        return start_child(CHILD, 1, dataset, workdir, steps, *extra, cache_dir=cache,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finally:
-        for key in env:
-            del os.environ[key]
+    return Child(CHILD, 1, dataset, workdir, steps, *extra, cache_dir=cache, env=env)
 
 
-def _read_line(proc, timeout=TIMEOUT) -> str:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        raise AssertionError(f"child printed nothing in {timeout} s")
-    return proc.stdout.readline()
-
-
-def _finish(proc, timeout=TIMEOUT):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, out, err
+def _finish(child: Child, timeout=TIMEOUT):
+    code = child.wait_exit(timeout)
+    return code, "".join(child.stdout), "".join(child.stderr)
 
 
 def _snapshot(workdir) -> dict:
@@ -91,25 +73,23 @@ def test_second_trainer_refused_and_dead_trainers_lock_taken_over(metaworld_rlds
     workdir = tmp_path / "w"
     first = _start(metaworld_rlds_dir, workdir, 4, cache=tmp_path / "cache", hang_after=2)
     try:
-        line = _read_line(first)  # its step-2 checkpoint is durable
-        assert line.startswith("HANGING after step 2"), line + first.stderr.read()
+        first.wait_for_line("HANGING after step 2", TIMEOUT)  # its checkpoint is durable
         before = _snapshot(workdir)
         with pytest.raises(workdir_lock.WorkdirLockedError) as refused:
             trainer.train(_config(metaworld_rlds_dir), str(workdir))
         message = str(refused.value)
-        assert f"pid {first.pid} on host {socket.gethostname()}" in message
+        assert f"pid {first.proc.pid} on host {socket.gethostname()}" in message
         assert "train.lock" in message and "another --workdir" in message
         assert _snapshot(workdir) == before  # the refused trainer wrote nothing
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
+        first.kill()  # SIGKILL
     # SIGKILL: no release ran, the lock file still names the dead trainer.
-    assert json.load(open(workdir / "train.lock"))["pid"] == first.pid
+    assert json.load(open(workdir / "train.lock"))["pid"] == first.proc.pid
     with caplog.at_level(logging.WARNING, logger="atomskill_jax"):
         result = trainer.train(_config(metaworld_rlds_dir), str(workdir))
     assert result["skill"]["step"] == 4
     taken = [r.getMessage() for r in caplog.records if "stale lock" in r.getMessage()]
-    assert len(taken) == 1 and f"pid {first.pid}" in taken[0], taken
+    assert len(taken) == 1 and f"pid {first.proc.pid}" in taken[0], taken
     assert "no longer running" in taken[0]
     assert _metric_steps(workdir) == [1, 2, 3, 4]  # resumed at 2, not retrained
     assert open(workdir / "train.lock").read() == ""  # released cleanly
@@ -122,9 +102,8 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(metaworld_rlds
     run_a = _start(metaworld_rlds_dir, straight, 4, tmp_path / "a.npz", cache=cache)
     run_b = _start(metaworld_rlds_dir, stopped, 4, cache=cache, hang_after=3)
     try:
-        line = _read_line(run_b)
-        assert line.startswith("HANGING after step 3"), line + run_b.stderr.read()
-        run_b.send_signal(signal.SIGTERM)
+        run_b.wait_for_line("HANGING after step 3", TIMEOUT)
+        run_b.proc.send_signal(signal.SIGTERM)
         code, _, err = _finish(run_b, timeout=120)
     finally:
         run_b.kill()

@@ -101,6 +101,16 @@ class Child:
             self._fail(f"failed with exit code {self.proc.returncode}")
         return "".join(self.stdout)
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the child to exit (any status) and its output to be read; the status."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._fail(f"did not exit within {timeout:.0f} s")
+        for t in self._threads:
+            t.join(timeout=30)
+        return self.proc.returncode
+
     def kill(self) -> None:
         """SIGKILL (a machine failure: nothing runs after it) and reap."""
         if self.proc.poll() is None:

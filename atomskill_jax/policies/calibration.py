@@ -100,6 +100,7 @@ def _compute(workdir: str, dataset_dirs: list[str], config_json: dict, statistic
     import ml_collections
 
     from atomskill_jax.data import sources  # first: keeps TensorFlow off GPUs
+    from atomskill_jax.data import read_errors
     import tensorflow_datasets as tfds
     from atomskill_jax.data.normalization import normalizer_from_config
     from atomskill_jax.data.statistics import DatasetStatistics
@@ -119,7 +120,8 @@ def _compute(workdir: str, dataset_dirs: list[str], config_json: dict, statistic
         def norm(x, index=index):
             return normalizer.normalize({"keypose": x}, dataset_index=index)["keypose"]
 
-        results.append(epsilon_from_episodes(tfds.as_numpy(ds), norm))
+        episodes = read_errors.iterate(tfds.as_numpy(ds), [source], split)  # shards named
+        results.append(epsilon_from_episodes(episodes, norm))
     # Several datasets: the most conservative of each (smallest ε, longest cap).
     out = dict(min(results, key=lambda r: r["epsilon"]))
     out["max_skill_steps"] = max(r["max_skill_steps"] for r in results)
