@@ -104,3 +104,23 @@ def test_quantized_codes_are_the_nearest_code_vectors():
     out = q(jnp.array([[9.0, 1.0], [1.0, 8.0]]))
     np.testing.assert_array_equal(out.indices, [1, 2])
     np.testing.assert_array_equal(out.codes, [[10.0, 0.0], [0.0, 10.0]])
+
+
+def test_contrastive_is_computed_in_float32_from_bfloat16_embeddings():
+    # A bfloat16 encoder still gets a float32 loss (logsumexp over 1/τ-scaled logits in
+    # bfloat16 would be off by about 1e-2).
+    z = jax.random.normal(jax.random.key(5), (8, 16)).astype(jnp.bfloat16)
+    positives = jnp.asarray(np.eye(8, k=2, dtype=bool) | np.eye(8, k=-2, dtype=bool))
+    loss, _ = contrastive.supervised_contrastive(z, positives, 0.1)
+    want, _ = contrastive.supervised_contrastive(z.astype(jnp.float32), positives, 0.1)
+    assert loss.dtype == jnp.float32
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_mean_positives_over_several_anchors():
+    z = jax.random.normal(jax.random.key(6), (5, 3))
+    positives = np.zeros((5, 5), bool)
+    positives[0, [1, 2, 3]] = positives[1, 0] = True  # anchors 0 (3 positives) and 1 (1)
+    _, m = contrastive.supervised_contrastive(z, jnp.asarray(positives), 0.1)
+    assert float(m["mean_positives"]) == pytest.approx(2.0)
+    assert float(m["anchor_fraction"]) == pytest.approx(0.4)
