@@ -124,3 +124,37 @@ def test_mean_positives_over_several_anchors():
     _, m = contrastive.supervised_contrastive(z, jnp.asarray(positives), 0.1)
     assert float(m["mean_positives"]) == pytest.approx(2.0)
     assert float(m["anchor_fraction"]) == pytest.approx(0.4)
+
+
+# -- dead-code re-seeding and stateless quantisation ------------------------------------
+def test_reseeding_draws_every_filled_row_and_distinct_small_noise():
+    # 32 dead codes, 3 of 8 buffer rows filled (row i is (100 i, 0)), d=2 < filled rows.
+    recent = jnp.zeros((8, 2)).at[:3, 0].set(jnp.array([0.0, 100.0, 200.0]))
+    codebook = jnp.full((32, 2), 7.0)
+    new, usage, n = vq.reinit_dead_codes(codebook, jnp.zeros(32), recent, jnp.int32(3),
+                                         jax.random.key(0), dead_usage_fraction=0.5)
+    new = np.asarray(new)
+    assert int(n) == 32
+    rows = np.round(new[:, 0] / 100).astype(int)
+    assert set(rows.tolist()) == {0, 1, 2}  # rows 0..num_recent-1, and only those
+    np.testing.assert_array_less(np.abs(new - np.asarray(recent)[rows]), 1e-2)
+    assert len(np.unique(new, axis=0)) == 32  # codes from one row still differ
+    np.testing.assert_allclose(usage, 1 / 32)
+    # A single filled row is enough to re-seed.
+    one, _, n = vq.reinit_dead_codes(codebook, jnp.zeros(32), recent, jnp.int32(1),
+                                     jax.random.key(1), dead_usage_fraction=0.5)
+    assert int(n) == 32
+    np.testing.assert_array_less(np.abs(np.asarray(one)), 1e-2)
+
+
+def test_quantize_snaps_to_the_nearest_codes_without_touching_state():
+    # What the sampler's generated tokens go through before the decoder sees them.
+    q = _quantizer()
+    q.codebook[...] = jnp.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0]])
+    usage = np.asarray(q.usage[...])
+    codes, indices = q.quantize(jnp.array([[[9.0, 1.0], [-7.0, 2.0]], [[1.0, 8.0], [0.5, 0.5]]]))
+    np.testing.assert_array_equal(indices, [[1, 3], [2, 0]])
+    np.testing.assert_array_equal(codes, [[[10, 0], [-10, 0]], [[0, 10], [0, 0]]])
+    assert codes.dtype == jnp.float32 and indices.dtype == jnp.int32
+    np.testing.assert_array_equal(q.usage[...], usage)
+    assert int(q.num_recent[...]) == 0
