@@ -158,3 +158,10 @@ def test_quantize_snaps_to_the_nearest_codes_without_touching_state():
     assert codes.dtype == jnp.float32 and indices.dtype == jnp.int32
     np.testing.assert_array_equal(q.usage[...], usage)
     assert int(q.num_recent[...]) == 0
+
+
+def test_usage_share_of_a_single_vector_is_all_of_it():
+    q = _quantizer(decay=0.5)
+    q.codebook[...] = jnp.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0]])
+    _train_call(q, jnp.array([[9.0, 0.0]]))
+    np.testing.assert_allclose(q.usage[...], [0.125, 0.625, 0.125, 0.125], rtol=1e-6)
