@@ -39,18 +39,20 @@ print(json.dumps({'losses': losses, 'fsdp_sharded': fsdp, 'devices': devices}))
 
 def test_one_and_eight_devices_agree(tmp_path):
     import json
-    import subprocess
 
-    from tests.tiny_model import start_child
+    from tests.train_helpers import Child
 
-    procs = {n: start_child(CHILD, n, tmp_path / f"params{n}.npz", cache_dir=tmp_path / "cache",
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n in (1, 8)}  # both at once: each compiles on its own core
+    # Both at once: each compiles on its own core. Child: reads drained, waits timed out.
+    procs = {n: Child(CHILD, n, tmp_path / f"params{n}.npz", cache_dir=tmp_path / "cache")
+             for n in (1, 8)}
     results = {}
-    for n, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-4000:]
-        results[n] = json.loads(out.strip().splitlines()[-1])
+    try:
+        for n, proc in procs.items():
+            out = proc.finish(timeout=300)  # a failure or a hang shows the child's stderr
+            results[n] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for proc in procs.values():
+            proc.kill()
     assert results[8]["devices"] == 8 and results[1]["devices"] == 1
     assert results[8]["fsdp_sharded"] > 0, "no parameter sharded along fsdp on 8 devices"
     np.testing.assert_allclose(results[1]["losses"], results[8]["losses"], rtol=2e-5)

@@ -181,7 +181,12 @@ def run_child(code: str, devices: int, *args, cache_dir=None, timeout: float = 3
 
     proc = start_child(code, devices, *args, cache_dir=cache_dir, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hung child: killed, its stderr shown
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"child did not finish in {timeout} s:\n{err[-4000:]}") from None
     if proc.returncode != 0:
         raise AssertionError(f"child failed ({proc.returncode}):\n{err[-4000:]}")
     return out
