@@ -34,6 +34,8 @@ def test_fresh_state_is_uniform_usage_and_an_empty_buffer():
     np.testing.assert_array_equal(q.usage[...], np.full(5, 0.2, np.float32))
     np.testing.assert_array_equal(q.recent[...], np.zeros((7, 3)))
     assert int(q.num_recent[...]) == 0 and int(q.write_position[...]) == 0
+    # Restored from a checkpoint into these: counters stay integers.
+    assert q.num_recent[...].dtype == jnp.int32 and q.write_position[...].dtype == jnp.int32
 
 
 def test_usage_is_an_ema_of_each_batch_share():
@@ -104,6 +106,21 @@ def test_quantized_codes_are_the_nearest_code_vectors():
     out = q(jnp.array([[9.0, 1.0], [1.0, 8.0]]))
     np.testing.assert_array_equal(out.indices, [1, 2])
     np.testing.assert_array_equal(out.codes, [[10.0, 0.0], [0.0, 10.0]])
+    want, _ = vq.vq_loss(jnp.array([[9.0, 1.0], [1.0, 8.0]]), out.codes, 0.25)
+    assert float(out.loss) == pytest.approx(float(want))  # the loss the model adds up
+
+
+def test_nearest_is_by_squared_distance_not_a_scaled_dot_product():
+    # 0.4 is nearer 0 than 1; -3 z.c + |c|^2 (a wrong weight) would pick code 1.
+    codebook = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_array_equal(vq.nearest_codes(jnp.array([[0.4, 0.0], [0.6, 0.0]]),
+                                                   codebook), [0, 1])
+
+
+def test_dead_means_usage_strictly_below_the_threshold():
+    # Threshold 0.5 / 4 = 0.125, exactly representable: a code at it is alive.
+    mask = vq.dead_code_mask(jnp.array([0.125, 0.1, 0.5, 0.275]), 0.5)
+    np.testing.assert_array_equal(mask, [False, True, False, False])
 
 
 def test_contrastive_is_computed_in_float32_from_bfloat16_embeddings():
