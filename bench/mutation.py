@@ -3,6 +3,8 @@ cover it; prints one table row per module and the diff of every surviving mutant
 
     .venv/bin/python bench/mutation.py                 # every module below
     .venv/bin/python bench/mutation.py normalization contrastive --diffs
+    .venv/bin/python bench/mutation.py diffusion --sample 40     # a reproducible estimate
+    .venv/bin/python bench/mutation.py vector_quantizer --only 'atomskill_jax.*reinit*'
 
 Each module runs in its own throwaway copy of the repository (the git-tracked and
 untracked-but-not-ignored files of the work tree, as they are now): mutmut 3 writes a
@@ -177,15 +179,15 @@ def run_module(name: str, *, jobs: int, keep: bool, diffs: bool, log, tests=None
         proc = subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *only], cwd=copy,
                               env=env, stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            raise SystemExit(f"{name}: mutmut exited {proc.returncode}; its output is above"
-                             + (f" (copy kept at {copy})" if keep else ""))
+            raise SystemExit(f"{name}: mutmut exited {proc.returncode}; its output is in "
+                             f"{log.name}" + (f" (copy kept at {copy})" if keep else ""))
         statuses = _statuses(copy, module)
         if only:  # the others were not run: leave them out of the counts
             statuses = {k: v for k, v in statuses.items()
                         if any(fnmatch.fnmatchcase(k, p) for p in only)}
         survivors = sorted(k for k, s in statuses.items() if s not in ("killed", "timeout"))
         shown = {}
-        for key in survivors:
+        for key in survivors if diffs else ():
             out = subprocess.run([str(mutmut), "show", key], cwd=copy, env=env,
                                  capture_output=True, text=True).stdout
             # only the changed lines: the whole function's context is noise in a table
