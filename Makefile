@@ -26,8 +26,12 @@ osmesa:
 	  echo "WARNING: could not install libosmesa6; image tests will be skipped"; \
 	fi
 
+# Two workers, a test file each at a time (module fixtures stay in one process); the
+# session fixtures are built once and shared by both (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(DEPS) osmesa
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(DEPS)
 	$(BIN)/atomskill demo

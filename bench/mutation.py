@@ -56,16 +56,19 @@ MODULES = {
     "vector_quantizer": ("atomskill_jax/models/vector_quantizer.py",
                          ["tests/test_model_components.py", "tests/test_model_losses.py"]),
     "atomskill_policy": ("atomskill_jax/policies/atomskill_policy.py",
-                         ["tests/test_policy_runtime.py"]),
+                         ["tests/test_policy_reference.py", "tests/test_policy_runtime.py"]),
     "chaining": ("atomskill_jax/policies/chaining.py", ["tests/test_policy_chaining.py"]),
     "calibration": ("atomskill_jax/policies/calibration.py", ["tests/test_policy_calibration.py"]),
     "diffusion": ("atomskill_jax/models/diffusion.py",
                   ["tests/test_model_components.py", "tests/test_model_sampler_ddim.py",
-                   "tests/test_model_ddim_clip.py", "tests/test_model_sampler_loss.py"]),
+                   "tests/test_model_ddim_clip.py", "tests/test_model_sampler_loss.py",
+                   "tests/test_model_sampler_labels.py", "tests/test_model_sampler_skill.py"]),
     "optimizer": ("atomskill_jax/training/optimizer.py", ["tests/test_train_optimizer.py"]),
+    "train_state": ("atomskill_jax/training/train_state.py",
+                    ["tests/test_train_step.py", "tests/test_train_sampler_init.py"]),
     "checkpoints": ("atomskill_jax/training/checkpoints.py",
                     ["tests/test_train_resume.py", "tests/test_train_refusals.py",
-                     "tests/test_train_faults.py"]),
+                     "tests/test_train_faults.py", "tests/test_train_sampler_init.py"]),
 }
 COLUMNS = ("mutants", "killed", "survived", "timeout", "suspicious", "no tests", "skipped")
 

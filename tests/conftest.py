@@ -1,6 +1,9 @@
 """Test setup: CPU only, 8 fake devices for sharding tests, TensorFlow kept off GPUs."""
 
+import fcntl
 import os
+import pathlib
+import shutil
 
 # Before jax/TensorFlow initialise: fake devices, quiet logs, no GPU for TF.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -19,19 +22,48 @@ import pytest  # noqa: E402
 def _hermetic_cache(tmp_path_factory):
     """Embedding and annotation caches live in a per-session folder, not in ~/.cache."""
     os.environ["ATOMSKILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("atomskill_cache"))
+    # One JAX compilation cache for every child process of the session (all workers):
+    # the tiny models' steps compile once, not once per child (tests.tiny_model.child_env).
+    os.environ["ATOMSKILL_TEST_JAX_CACHE"] = str(_shared_root(tmp_path_factory) / "jax_cache")
+
+
+def _shared_root(tmp_path_factory) -> pathlib.Path:
+    """A folder shared by the session's pytest-xdist workers (each has its own basetemp,
+    their parent is common), or the basetemp without xdist."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def _built_once(tmp_path_factory, name: str, build) -> str:
+    """`build(folder) -> path` run once per session, whichever worker asks first; the
+    others wait on a lock and reuse its result (a fixture built by every worker would
+    cost each its CPU again)."""
+    root = _shared_root(tmp_path_factory)
+    done = root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or we die)
+        if not done.exists():
+            folder = root / name
+            if folder.exists():  # a worker died while building it
+                shutil.rmtree(folder)
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+        return done.read_text()
 
 
 @pytest.fixture(scope="session")
 def metaworld_rlds_dir(tmp_path_factory, _hermetic_cache):
     """A tiny real dataset: MetaWorld experts on pick-place and drawer-close, two
     episodes each, state observations. Returns the version directory that
-    `tfds.builder_from_directory` reads."""
-    from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
+    `tfds.builder_from_directory` reads. Tests that change it work on a copy."""
+    def build(out):
+        from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
 
-    out = tmp_path_factory.mktemp("metaworld_rlds")
-    dataset_dir, _ = mwb.build(str(out), tasks="pick-place,drawer-close",
-                               episodes_per_task=2, seed=0, show_progress=False)
-    return dataset_dir
+        dataset_dir, _ = mwb.build(str(out), tasks="pick-place,drawer-close",
+                                   episodes_per_task=2, seed=0, show_progress=False)
+        return dataset_dir
+
+    return _built_once(tmp_path_factory, "metaworld_rlds", build)
 
 
 TINY_TRAIN = """
@@ -48,6 +80,8 @@ def tiny_trained_workdir(metaworld_rlds_dir, tmp_path_factory):
     a workdir take a copy (tests.tiny_model.copy_workdir)."""
     from tests.tiny_model import run_child
 
-    out = tmp_path_factory.mktemp("tiny_trained_workdir")
-    run_child(TINY_TRAIN, 1, metaworld_rlds_dir, out)
-    return str(out)
+    def build(out):
+        run_child(TINY_TRAIN, 1, metaworld_rlds_dir, out)
+        return out
+
+    return _built_once(tmp_path_factory, "tiny_trained_workdir", build)

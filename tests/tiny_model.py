@@ -153,6 +153,9 @@ def child_env(cache_dir: str | None = None) -> dict:
                CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
                         " --xla_llvm_disable_expensive_passes=true").strip()
+    # The session-wide cache (tests/conftest.py) wins over a test's own: entries are keyed
+    # by the compiled program, so sharing only saves compilations.
+    cache_dir = os.environ.get("ATOMSKILL_TEST_JAX_CACHE") or cache_dir
     if cache_dir:
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
