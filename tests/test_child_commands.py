@@ -18,7 +18,10 @@ STAGE = textwrap.dedent("""
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     print("READY", flush=True)
+    deadline = time.monotonic() + 120  # its own session: nobody kills it if the test fails
     while not seen:
+        if time.monotonic() > deadline:
+            sys.exit("no signal arrived")
         time.sleep(0.01)
     time.sleep(0.5)  # 'saving': subprocess.run would have SIGKILLed us by now
     with open(sys.argv[1], "w") as f:
