@@ -47,9 +47,7 @@ def test_signal_is_forwarded_once_and_the_stage_finishes(tmp_path, signum):
     try:
         parent.wait_for_line("READY", timeout=60)  # the stage runs, the parent waits
         parent.proc.send_signal(signum)
-        parent.proc.wait(timeout=60)
-        for t in parent._threads:
-            t.join(timeout=30)
+        parent.wait_exit(timeout=60)
         out = "".join(parent.stdout)
     finally:
         parent.kill()

@@ -30,9 +30,7 @@ def dataset(metaworld_rlds_dir, tmp_path):
     parts = os.path.normpath(metaworld_rlds_dir).split(os.sep)[-3:]
     target = os.path.join(tmp_path, "data", *parts)
     shutil.copytree(metaworld_rlds_dir, target)  # keeps mtimes, like a real copy
-    for name in os.listdir(target):
-        if name.startswith("atomskill_statistics"):
-            os.remove(os.path.join(target, name))
+    _remove_statistics(target)
     return target
 
 
@@ -155,13 +153,22 @@ def _split_into_shards(directory, lengths):
     return paths
 
 
-def test_the_damaged_one_of_several_interleaved_shards_is_named(tmp_path_factory, tmp_path):
+def _three_shard_copy(tmp_path_factory, tmp_path):
+    """A private copy of the synthetic dataset, without statistics, in 3 shards of 2."""
     directory = str(tmp_path / "synthetic_rlds" / "1.0.0")
     shutil.copytree(synthetic_rlds.cached(tmp_path_factory, "state"), directory)
+    _remove_statistics(directory)
+    return directory, _split_into_shards(directory, [2, 2, 2])
+
+
+def _remove_statistics(directory):
     for name in os.listdir(directory):
         if name.startswith("atomskill_statistics"):
             os.remove(os.path.join(directory, name))
-    paths = _split_into_shards(directory, [2, 2, 2])
+
+
+def test_the_damaged_one_of_several_interleaved_shards_is_named(tmp_path_factory, tmp_path):
+    directory, paths = _three_shard_copy(tmp_path_factory, tmp_path)
     statistics_compute.load_or_compute_statistics(sources.open_source(directory), write=True)
     _overwrite(paths[1], keep_mtime=True)  # seen only when read
     config = _config(directory)
@@ -179,12 +186,7 @@ def test_the_damaged_one_of_several_interleaved_shards_is_named(tmp_path_factory
 
 def test_shard_cut_at_a_record_boundary_is_named(tmp_path_factory, tmp_path, run_stats):
     # Every record left is intact, so TensorFlow reads it without complaint.
-    directory = str(tmp_path / "synthetic_rlds" / "1.0.0")
-    shutil.copytree(synthetic_rlds.cached(tmp_path_factory, "state"), directory)
-    for name in os.listdir(directory):
-        if name.startswith("atomskill_statistics"):
-            os.remove(os.path.join(directory, name))
-    paths = _split_into_shards(directory, [2, 2, 2])
+    directory, paths = _three_shard_copy(tmp_path_factory, tmp_path)
     records = [r.numpy() for r in tf.data.TFRecordDataset(paths[2])]
     with tf.io.TFRecordWriter(paths[2]) as writer:
         writer.write(records[0])

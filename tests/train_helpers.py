@@ -91,13 +91,7 @@ class Child:
 
     def finish(self, timeout: float) -> str:
         """Wait for a successful exit; its whole stdout."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._fail(f"did not finish within {timeout:.0f} s")
-        for t in self._threads:
-            t.join(timeout=30)
-        if self.proc.returncode != 0:
+        if self.wait_exit(timeout) != 0:
             self._fail(f"failed with exit code {self.proc.returncode}")
         return "".join(self.stdout)
 
