@@ -18,7 +18,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from atomskill_jax.models import clip
-from atomskill_jax.models.clip_loading import CLIPTokenizer, load_clip
+from atomskill_jax.models.clip_loading import CLIPTokenizer, load_clip, read_clip_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_clip"
 ATOL = 1e-4
@@ -134,6 +134,18 @@ def test_loader_refuses_config_that_does_not_fit_the_weights(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="vision_config: hidden_act='swiglu'"):
         load_clip(d)
+
+
+def test_config_dict_overrides_as_hf(tmp_path):
+    # HF's CLIPConfig rebuilds a tower from text_config_dict: its keys win, and keys it
+    # lacks take HF's defaults (eos 49407), not text_config's values (eos 2).
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    cfg["text_config_dict"] = {"hidden_size": 40, "num_attention_heads": 4}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    text, vision, top = read_clip_config(tmp_path / "config.json")
+    assert (text.hidden_size, text.num_attention_heads, text.eos_token_id) == (40, 4, 49407)
+    assert (text.intermediate_size, text.vocab_size, text.max_position_embeddings) == (2048, 49408, 77)
+    assert (vision.hidden_size, vision.patch_size, top["projection_dim"]) == (32, 8, 16)
 
 
 def test_missing_files_are_named(tmp_path):

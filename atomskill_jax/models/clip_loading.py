@@ -8,6 +8,7 @@ The directory layout is that of `openai/clip-vit-base-patch16` as saved by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -33,8 +34,15 @@ def read_clip_config(path: str | os.PathLike) -> tuple[CLIPTowerConfig, CLIPTowe
                          "config with text_config and vision_config)")
     towers = []
     for name, defaults in [("text", TEXT_DEFAULTS), ("vision", VISION_DEFAULTS)]:
-        # Old exports keep overrides in <name>_config_dict; HF's CLIPConfig applies them last.
-        section = {**(raw.get(f"{name}_config") or {}), **(raw.get(f"{name}_config_dict") or {})}
+        section = dict(raw.get(f"{name}_config") or {})
+        override = raw.get(f"{name}_config_dict")
+        if override:
+            # Old exports (openai/clip-vit-large-patch14) also carry <name>_config_dict. HF's
+            # CLIPConfig builds a whole tower config from it and lets every field of that
+            # override <name>_config, so its absent keys take HF's defaults, not <name>_config's.
+            hf_defaults = {f.name: f.default for f in dataclasses.fields(CLIPTowerConfig)
+                           if f.default is not dataclasses.MISSING}
+            section = {**section, **hf_defaults, **defaults, **override}
         towers.append(CLIPTowerConfig.from_dict(section, defaults, f"{path}: {name}_config"))
     top = {"projection_dim": int(raw.get("projection_dim", 512)),
            "logit_scale_init_value": float(raw.get("logit_scale_init_value", 2.6592))}
