@@ -72,6 +72,8 @@ def built(tmp_path_factory):
     _write(files["stove"], "KITCHEN_SCENE3_turn_on_the_stove", stove)
     _write(files["ketchup"], "LIVING_ROOM_SCENE2_pick_up_the_ketchup", ketchup)
     (src / "LIVING_ROOM_SCENE1_broken_demo.hdf5").write_bytes(b"not an HDF5 file")
+    with h5py.File(src / "LIVING_ROOM_SCENE4_no_instruction_demo.hdf5", "w") as f:
+        f.create_dataset("data/demo_0/actions", data=np.zeros((3, 7)))
     report = lb.build_libero(str(src), str(root / "out"), show_progress=False)
     return report, files, {"stove": stove, "ketchup": ketchup}, root
 
@@ -87,9 +89,9 @@ def _episodes(dataset_dir):
 
 def test_bad_demos_are_skipped_and_named(built):
     report, files, _, _ = built
-    assert report["written"] == 3 and report["num_skipped"] == 4
+    assert report["written"] == 3 and report["num_skipped"] == 5
     reasons = {ids[0]: reason for reason, ids in report["skipped"].items()}
-    assert set(reasons) == {"LIVING_ROOM_SCENE1_broken/*","KITCHEN_SCENE3_turn_on_the_stove/demo_2",
+    assert set(reasons) == {"LIVING_ROOM_SCENE1_broken/*", "LIVING_ROOM_SCENE4_no_instruction/*","KITCHEN_SCENE3_turn_on_the_stove/demo_2",
                             "KITCHEN_SCENE3_turn_on_the_stove/demo_3",
                             "LIVING_ROOM_SCENE2_pick_up_the_ketchup/demo_1"}
     missing = reasons["KITCHEN_SCENE3_turn_on_the_stove/demo_2"]
@@ -99,10 +101,12 @@ def test_bad_demos_are_skipped_and_named(built):
     nan = reasons["LIVING_ROOM_SCENE2_pick_up_the_ketchup/demo_1"]
     assert "data/demo_1/actions" in nan and "non-finite" in nan and "step 7" in nan
     assert str(files["stove"]) in missing and str(files["ketchup"]) in nan
-    assert "LIVING_ROOM_SCENE1_broken_demo.hdf5: cannot be read" in reasons[
+    assert "LIVING_ROOM_SCENE1_broken_demo.hdf5: cannot be read as HDF5" in reasons[
         "LIVING_ROOM_SCENE1_broken/*"]
+    assert "no_instruction_demo.hdf5: data.attrs['problem_info'] missing" in reasons[
+        "LIVING_ROOM_SCENE4_no_instruction/*"]
     saved = episode_builder.read_build_report(report["dataset_dir"])
-    assert saved["num_skipped"] == 4 and "flipped vertically" in saved["notes"]["images"]
+    assert saved["num_skipped"] == 5 and "flipped vertically" in saved["notes"]["images"]
 
 
 def test_episodes_read_back_with_layout_images_and_skills(built):
@@ -183,3 +187,15 @@ def test_same_options_reused_other_options_refused(built):
                         show_progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere.hdf5"):
         lb.build_libero(str(root / "nowhere.hdf5"), str(root / "out2"), show_progress=False)
+
+
+def test_resized_single_camera(built):
+    _, files, demos, root = built
+    report = lb.build_libero([files["stove"]], str(root / "small"), cameras="agentview",
+                             image_size=(8, 12), show_progress=False)
+    source, episodes = _episodes(report["dataset_dir"])
+    assert source.cameras == ("agentview",) and report["written"] == 2
+    img = episodes["KITCHEN_SCENE3_turn_on_the_stove/demo_0"]["steps"]["observation"][
+        "image_agentview"]
+    assert img.shape == (30, 8, 12, 3)
+    assert (img[:, 0, :, 0] > 200).all() and (img[:, -1, :, 0] < 50).all()  # still upright

@@ -87,8 +87,11 @@ class LiberoHdf5(episode_builder.RldsEpisodeBuilder):
             try:
                 with h5py.File(path, "r") as handle:
                     infos[path] = hdf5_demos.read_file_info(handle, path)
-            except Exception as err:  # noqa: BLE001 - one unreadable file loses only its demos
+            except ValueError as err:  # read_file_info's, naming the file and attribute
                 broken[path] = err
+            except Exception as err:  # noqa: BLE001 - one unreadable file loses only its demos
+                broken[path] = OSError(f"{path}: cannot be read as HDF5 "
+                                       f"({type(err).__name__}: {err})")
         texts = sorted({i.instruction for i in infos.values()})
         embeddings = dict(zip(texts, sentence_encoder.embed_texts_cached(texts))) if texts else {}
         annotator = annotate.make_annotator(cfg.annotator, **dict(cfg.annotator_options))
@@ -97,9 +100,7 @@ class LiberoHdf5(episode_builder.RldsEpisodeBuilder):
         for path in cfg.files:
             task = hdf5_demos.task_name(path)
             if path in broken:
-                err = broken[path]  # the base logs and counts it
-                yield f"{task}/*", _raiser(RuntimeError(f"{path}: cannot be read "
-                                                        f"({type(err).__name__}: {err})"))
+                yield f"{task}/*", _raiser(broken[path])  # the base logs and counts it
                 continue
             info = infos[path]
             with h5py.File(path, "r") as handle:
