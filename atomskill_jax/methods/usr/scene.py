@@ -59,7 +59,9 @@ class SceneEncoder(nnx.Module):
             self.nets = nnx.List([ResNet(width=int(r.width), stage_sizes=tuple(r.stage_sizes),
                                          rngs=rngs) for _ in self.cameras])
             self.proj = dense(self.nets[0].out_features, int(m.dim), rngs=rngs)
-            h, w = (-(-int(s) // 32) for s in tuple(m.image_size))
+            # The stem and its pool halve twice, every later stage once more.
+            stride = 4 * 2 ** (len(tuple(r.stage_sizes)) - 1)
+            h, w = (-(-int(s) // stride) for s in tuple(m.image_size))
             self.grid = (h, w)
             self.out_features = int(m.dim)
             self.num_tokens = h * w * len(self.cameras)
