@@ -90,6 +90,14 @@ def test_prior_cross_entropy_is_to_the_frozen_encoders_code():
     c = tiny(alpha=0.5)
     model = SPEC.create(c, nnx.Rngs(1))
     batch = as_jax(SPEC.fake_batch(c, 6, seed=2))
+    # Codes 0-5 := the encoder's latents of examples 0-5 (given o_t and o_{t+H}), so the
+    # pseudo-label of example i is i: labels that vary, and that a code computed from
+    # any other input (e.g. without the future frame) would not reproduce.
+    graphdef, state = nnx.split(model)
+    latents = jax.jit(lambda st, b: nnx.merge(graphdef, st).stage1.vl_latent(b)[0])(state, batch)
+    for _, var in nnx.to_flat_state(nnx.state(model.stage1.codebook, nnx.Param)):
+        if var.get_value().shape == (int(c.model.num_codes), int(c.model.dim)):
+            var.set_value(var.get_value().at[:6].set(latents))
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -109,6 +117,7 @@ def test_prior_cross_entropy_is_to_the_frozen_encoders_code():
     # By hand: the nearest code to the frozen encoder's latent, then softmax CE.
     dist = ((x[:, None, :] - codes[None]) ** 2).sum(-1)
     labels = dist.argmin(-1)
+    np.testing.assert_array_equal(labels, np.arange(6))
     shifted = logits - logits.max(-1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     ce = -log_p[np.arange(len(labels)), labels].mean()
