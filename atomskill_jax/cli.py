@@ -35,7 +35,7 @@ TRACEBACK_ENV = "ATOMSKILL_TRACEBACK"
 KNOWN_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError, RuntimeError)
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
     # Data work only: keep TensorFlow off accelerators and quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
@@ -111,7 +111,7 @@ def _cmd_build_data(args) -> int:
     if args.suite is None and args.tasks is None:
         print("build-data metaworld: give --suite=NAME or --tasks=T1,T2", file=sys.stderr)
         return 2
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from data_builders.metaworld_scripted import metaworld_scripted_dataset_builder as mwb
 
     cameras = tuple(c for c in args.cameras.split(",") if c)
@@ -162,7 +162,7 @@ def _add_annotate(sub) -> None:
 
 
 def _cmd_annotate(args) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from data_builders.reannotate import reannotate_dataset_builder as rb
 
     dataset_dir, report = rb.reannotate(
@@ -181,7 +181,7 @@ def _add_stats(sub) -> None:
 
 
 def _cmd_stats(args) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     _show_our_logs()  # "computing statistics", "recomputing an old file"
     import numpy as np
 
@@ -217,7 +217,7 @@ def _add_train_and_sweep(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     _show_our_logs()
     from atomskill_jax.training import config_flags, trainer
 
@@ -239,7 +239,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from atomskill_jax.policies import eval_command
+    from atomskill_jax.commands import eval as eval_command
 
     return eval_command.run(args)
 
@@ -257,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_stats(sub)
     _add_train_and_sweep(sub)
-    from atomskill_jax.policies import eval_command  # argparse only at import
+    from atomskill_jax.commands import eval as eval_command  # argparse only at import
 
     eval_command.add_parser(sub)
-    from atomskill_jax.eval import plot_command  # argparse only at import
+    from atomskill_jax.commands import plot as plot_command  # argparse only at import
 
     plot_command.add_parser(sub)
     from atomskill_jax.eval import reproduce  # its parser; the work imports inside run

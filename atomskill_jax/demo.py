@@ -118,7 +118,7 @@ def main(args) -> int:
     from atomskill_jax import cli
 
     options = _options(args)
-    cli._quiet_tensorflow()
+    cli.quiet_tensorflow()
     out = os.path.abspath(options["out"])
     data, w_skill, w_act, w_mlp = (os.path.join(out, d)
                                    for d in ("data", "atomskill", "act_like", "mlp"))

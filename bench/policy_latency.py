@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from atomskill_jax.data.normalization import (  # noqa: E402
     FieldStatistics, Normalizer, normalizer_keys)
 from atomskill_jax.policies.adapters import AbsoluteAdapter  # noqa: E402
-from atomskill_jax.policies.atomskill_policy import AtomSkillPolicy, RuntimeOptions  # noqa: E402
+from atomskill_jax.methods.atomskill.policy import AtomSkillPolicy, RuntimeOptions  # noqa: E402
 from atomskill_jax.policies.base import TaskInfo  # noqa: E402
 from atomskill_jax.training import config_flags  # noqa: E402
 from atomskill_jax.training.train_state import build_model  # noqa: E402

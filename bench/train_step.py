@@ -6,9 +6,10 @@
 
 Prints: parameters, FLOPs per step (XLA's cost analysis of the compiled step), step
 time, examples/s, achieved FLOP/s and its ratio to a float32 matmul measured in the
-same run (what this machine can do at best), and peak memory. The batch is the
-model's `fake_batch` with the dimensions of the config's data (state observations
-take MetaWorld's sizes), so no dataset is needed.
+same run (what this machine can do at best), per stage of the config's method (every
+method on the contract: atomskill, mlp, usr), and peak memory. The batch is the spec's
+`fake_batch` with the dimensions of the config's data (state observations take
+MetaWorld's sizes), so no dataset is needed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atomskill_jax.data import mesh_batches  # noqa: E402
+from atomskill_jax.methods import registry  # noqa: E402
 from atomskill_jax.training import config_flags, mesh as mesh_lib, optimizer  # noqa: E402
 from atomskill_jax.training import train_state as ts  # noqa: E402
 
@@ -51,35 +53,19 @@ def peak_memory() -> str:
     return f"{rss:.1f} MiB (process max RSS; CPU devices report no allocator stats)"
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = config_flags.split_config_args(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--stage", default="skill", choices=ts.STAGES)
-    p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
-    p.add_argument("--dims", default="4,4,39", help="action,proprio,state dims of the fake batch")
-    args = p.parse_args(rest)
-    config = config_flags.apply_overrides(config_flags.load_config(args.config), overrides)
-    action, proprio, state_dim = (int(x) for x in args.dims.split(","))
-    m = config.model
-    m.action_dim, m.proprio_dim = action, proprio
-    m.state_dim = state_dim if config.data.use_state else 0
-    m.cameras, m.image_size = tuple(config.data.cameras), tuple(config.data.image_size)
+def time_stage(config, stage: str, steps: int) -> dict:
+    """Compile and time `steps` train steps of one stage on the spec's fake batch."""
+    spec = registry.get_spec(config)
     batch_size = int(config.data.batch_size)
-
     mesh = mesh_lib.mesh_from_config(config.mesh)
     tx, schedule = optimizer.make_optimizer(config.optim, 1000)
-    graphdef, state, shardings = ts.create_train_state(config, args.stage, tx, mesh,
-                                                       use_ema=args.stage == "sampler")
+    graphdef, state, shardings = ts.create_train_state(config, stage, tx, mesh)
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
     trained, frozen = count(state.params), count(state.frozen)
-    step = ts.jit_train_step(ts.make_train_step(graphdef, tx, args.stage, schedule=schedule,
+    step = ts.jit_train_step(ts.make_train_step(graphdef, tx, config, stage, schedule=schedule,
                                                 ema_decay=0.999), shardings, mesh)
-    fake = ts.load_symbol(config.model_factory.split(":")[0] + ":fake_batch")
-    batch = mesh_batches.put_on_mesh(ts.host_batch(fake(m, batch_size)), mesh)
+    batch = mesh_batches.put_on_mesh(ts.host_batch(spec.fake_batch(config, batch_size)), mesh)
     rng = jax.device_put(np.asarray(jax.random.PRNGKey(0)), mesh_lib.replicated(mesh))
-
     # FLOPs from XLA's cost analysis of the step's HLO; the step itself runs through the
     # jitted function (calling the AOT-compiled object fails in jax 0.10 when the graph
     # holds hoisted constants, e.g. the decoder's sinusoidal queries).
@@ -91,29 +77,55 @@ def main(argv=None) -> int:
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         t = time.perf_counter()
         state, metrics = step(rng, state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    achieved = flops / step_s
-    ceiling = matmul_flops_per_sec()
+    return {"trained": trained, "frozen": frozen, "compile_s": compile_s, "flops": flops,
+            "step_s": step_s, "loss": float(metrics["loss"]), "mesh": dict(mesh.shape)}
 
-    print(f"config            {args.config} {' '.join(overrides)} (stage {args.stage})")
-    print(f"devices           {jax.device_count()} x {jax.devices()[0].device_kind}, mesh "
-          f"{dict(mesh.shape)}")
-    print(f"parameters        {trained + frozen:,} ({trained:,} trained, {frozen:,} frozen)")
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = config_flags.split_config_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--stage", default=None,
+                   help="the method's stage to time (default: each stage in turn)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
+    p.add_argument("--dims", default="4,4,39", help="action,proprio,state dims of the fake batch")
+    args = p.parse_args(rest)
+    config = config_flags.apply_overrides(config_flags.load_config(args.config), overrides)
+    action, proprio, state_dim = (int(x) for x in args.dims.split(","))
+    m = config.model
+    # The dimensions the trainer fills from the data, where the model config has them.
+    dims = {"action_dim": action, "proprio_dim": proprio,
+            "state_dim": state_dim if config.data.use_state else 0,
+            "cameras": tuple(config.data.cameras), "image_size": tuple(config.data.image_size)}
+    with m.unlocked():
+        for key, value in dims.items():
+            if key in m:
+                m[key] = value
+    spec = registry.get_spec(config)
+    stages = [args.stage] if args.stage else spec.stage_names(config)
+    batch_size = int(config.data.batch_size)
+    ceiling = matmul_flops_per_sec()
+    print(f"config            {args.config} {' '.join(overrides)} (method {spec.name})")
+    print(f"devices           {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"batch             {batch_size}")
-    print(f"first step        {compile_s:.1f} s (compile + run)")
-    print(f"FLOPs / step      {flops / 1e9:.3f} GFLOP (XLA cost analysis)")
-    print(f"step time         {step_s * 1e3:.1f} ms (median of {args.steps})")
-    print(f"examples / s      {batch_size / step_s:.1f}")
-    print(f"achieved          {achieved / 1e9:.2f} GFLOP/s")
     print(f"f32 matmul        {ceiling / 1e9:.2f} GFLOP/s (1024^3, same run)")
-    print(f"ratio             {achieved / ceiling:.3f}")
+    print(f"{'stage':10s} {'params':>10s} {'trained':>10s} {'compile s':>9s} {'GFLOP':>8s} "
+          f"{'ms/step':>8s} {'ex/s':>8s} {'GFLOP/s':>8s} {'ratio':>6s} {'loss':>8s}")
+    for stage in stages:
+        r = time_stage(config, stage, args.steps)
+        achieved = r["flops"] / r["step_s"]
+        print(f"{stage:10s} {r['trained'] + r['frozen']:10,d} {r['trained']:10,d} "
+              f"{r['compile_s']:9.1f} {r['flops'] / 1e9:8.3f} {r['step_s'] * 1e3:8.1f} "
+              f"{batch_size / r['step_s']:8.1f} {achieved / 1e9:8.2f} {achieved / ceiling:6.3f} "
+              f"{r['loss']:8.4f}")
     print(f"peak memory       {peak_memory()}")
-    print(f"loss              {float(metrics['loss']):.4f}")
     return 0
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from atomskill_jax.data.config import default_data_config
-from atomskill_jax.models.atomskill_config import default_model_config
+from atomskill_jax.methods.atomskill.config import default_model_config
 
 VARIANTS = ("paper", "cpu", "tiny")
 
@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.stage = "both"  # "skill" (φ, VQ, ψ) | "sampler" (ρ on the frozen skill space) | "both"
-    c.model_factory = "atomskill_jax.models.atomskill:AtomSkill"
+    c.method = "atomskill"  # methods/registry.py
     c.data = default_data_config()
     c.model = default_model_config()
     # One value, every use: the model's chunk and skill lengths are the data's.

@@ -6,7 +6,7 @@
 
 The floor of issue 4: proprio + the 39-d MetaWorld state + the instruction embedding
 -> an MLP -> a 16-step chunk of native delta actions, re-planned every step by the
-shared policy runtime (models/mlp_policy.py). Same data, statistics, normalisation and
+generic chunk runtime (methods/mlp/, policies/chunk_policy.py). Same data, statistics, normalisation and
 evaluation as configs/atomskill.py; only the model differs.
 cpu:  3 x 512 hidden (~0.8M parameters), L1 (as ACT and AtomSkill), batch 256; 2 minutes
       on 2 cores.
@@ -30,7 +30,7 @@ def _mlp_model(config, hidden, loss="l1"):
     m.decoder.ensemble_m = None  # the issue's floor re-plans every step, no ensembling
     m.observation.joint_low_dim_hidden = ()  # the transformer's encoder; unused here
     m.mlp = ml_collections.ConfigDict({"hidden": tuple(hidden), "loss": loss})
-    config.model_factory = "atomskill_jax.models.mlp_policy:MLPPolicy"
+    config.method = "mlp"
     config.stage = "skill"
     return config
 

@@ -310,8 +310,8 @@ def test_cli_error_one_line_without_traceback_unless_asked(run_stats, monkeypatc
 def test_calibration_and_plot_reads_name_a_damaged_shard(dataset, tmp_path):
     """The readers outside the training pipeline (the keypose-trigger calibration, the
     plot's episode index) name the damaged shard too, not a raw DataLossError."""
-    from atomskill_jax.eval import skill_embeddings
-    from atomskill_jax.policies import calibration
+    from atomskill_jax.methods.atomskill import skill_embeddings
+    from atomskill_jax.methods.atomskill import calibration
 
     config = _config(dataset)
     stats = statistics_compute.load_or_compute_statistics(sources.open_source(dataset),
@@ -319,7 +319,7 @@ def test_calibration_and_plot_reads_name_a_damaged_shard(dataset, tmp_path):
     _overwrite(_shard(dataset), where=0.01, keep_mtime=True)  # the first episode
     config_json = {"data": json.loads(config.to_json_best_effort())}
     with pytest.raises(read_errors.ShardError, match="corrupted record") as raised:
-        calibration._compute(str(tmp_path), [dataset], config_json, [stats.to_json()], "train")
+        calibration.compute_calibration([dataset], config_json, [stats.to_json()], "train")
     assert _shard(dataset) in str(raised.value)
     with pytest.raises(read_errors.ShardError, match="corrupted record") as raised:
         skill_embeddings.episode_tasks(sources.open_source(dataset))

@@ -162,15 +162,15 @@ def test_an_unusable_out_is_refused_before_any_rollout(tmp_path, where):
     assert out in str(err.value) and Unbuildable.calls == 0
 
 
-def test_eval_command_refuses_a_bad_out_before_calibrating_or_rolling_out(
+def test_eval_command_refuses_a_bad_out_before_rolling_out(
         tiny_trained_workdir, tmp_path, monkeypatch, capsys):
     from atomskill_jax import cli
-    from atomskill_jax.policies import calibration
+    from atomskill_jax.policies import loading
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started before --out was checked")
 
-    monkeypatch.setattr(calibration, "ensure_calibration", must_not_run)
+    monkeypatch.setattr(loading, "load_policy", must_not_run)
     monkeypatch.setattr(rollout, "run_jobs", must_not_run)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -184,14 +184,9 @@ def test_eval_command_refuses_a_bad_out_before_calibrating_or_rolling_out(
 def test_eval_command_resumes_into_its_default_report_directory(tiny_trained_workdir,
                                                                 tmp_path_factory, capsys):
     from atomskill_jax import cli
-    from atomskill_jax.policies import calibration
     from tests.tiny_model import copy_workdir
 
     workdir = copy_workdir(tiny_trained_workdir, tmp_path_factory, "eval_resume")
-    # A calibration in place (ε is computed in a spawned TensorFlow process: tested
-    # elsewhere, here only time).
-    with open(os.path.join(workdir, calibration.FILENAME), "w") as f:
-        json.dump({"epsilon": 0.3, "max_skill_steps": 50}, f)
     # Two seeds of one episode: two jobs, so one can be finished and one not.
     argv = ["eval", f"--workdir={workdir}", f"--tasks={TASK}", "--episodes=1", "--seeds=0,1",
             "--workers=0", "--max-steps=4"]

@@ -160,7 +160,7 @@ def test_plot_command_end_to_end(workdir, metaworld_rlds_dir, capsys):
 def test_a_skill_stage_only_run_loads_the_same_skill_encoder(workdir, tmp_path):
     from flax import nnx
 
-    from atomskill_jax.eval import skill_embeddings as se
+    from atomskill_jax.methods.atomskill import skill_embeddings as se
 
     skill_only = str(tmp_path / "skill_only")
     shutil.copytree(workdir, skill_only, ignore=shutil.ignore_patterns("sampler", "plots*",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill import AtomSkill, fake_batch, trainable_filter
-from atomskill_jax.models.atomskill_config import default_model_config, tiny_model_config
+from atomskill_jax.methods.atomskill.model import AtomSkill, fake_batch, trainable_filter
+from atomskill_jax.methods.atomskill.config import default_model_config, tiny_model_config
 from atomskill_jax.models.vector_quantizer import CodebookState
 
 B = 4

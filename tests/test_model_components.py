@@ -11,7 +11,7 @@ from flax import nnx
 
 from atomskill_jax.models import contrastive, vector_quantizer as vq
 from atomskill_jax.models.action_decoder import action_l1, keypose_l1
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import beta_schedule, ddim_timesteps
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.obs_encoders import ObservationEncoder
 
 

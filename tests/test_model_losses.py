@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from atomskill_jax.models import vector_quantizer as vq
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 
 
 def _quantizer(d=2, codes=4, buffer=6, decay=0.0, dead=0.5, commitment=0.25):

@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from atomskill_jax.models import mlp_policy
-from atomskill_jax.models.atomskill import fake_batch
+from atomskill_jax.methods.mlp import model as mlp_policy
+from atomskill_jax.methods.atomskill.model import fake_batch
 from configs import mlp as mlp_configs
 
 
@@ -84,8 +84,12 @@ def test_trained_mlp_workdir_runs_in_the_policy_runtime(metaworld_rlds_dir, tmp_
     config.train.update(skill_steps=2, checkpoint_every=2)
     results = trainer.train(config, str(tmp_path))
     assert list(results) == ["skill"] and results["skill"]["step"] == 2
-    policy = load_policy(str(tmp_path), epsilon=0.1, max_skill_steps=10)
-    assert policy.spec.name == "mlp" and not policy.skills
+    with pytest.raises(ValueError, match=r"unknown runtime options \['epsilon'\]"):
+        load_policy(str(tmp_path), epsilon=0.1)  # the floor has no keypose trigger
+    policy = load_policy(str(tmp_path), epsilon=None, requery_every=1)  # None: the default
+    from atomskill_jax.policies.chunk_policy import ChunkPolicy
+
+    assert policy.spec.name == "mlp" and isinstance(policy, ChunkPolicy)
     policy.reset([TaskInfo("pick-place", "pick", mw.layout_id("eval", i), 0, i) for i in range(2)])
     r = np.random.default_rng(0)
     obs = {"state": r.normal(size=(2, 39)).astype(np.float32),

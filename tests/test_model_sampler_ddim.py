@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import SkillSampler, beta_schedule, ddim_timesteps
 
 B, N = 3, 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import SkillSampler
 from atomskill_jax.models.layers import sinusoidal_embedding
 from atomskill_jax.models.unet1d import mish

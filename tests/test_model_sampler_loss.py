@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import SkillSampler, beta_schedule
 
 B, N, T = 64, 2, 10  # one batch size: one set of kernels

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import SkillSampler
 
 
@@ -79,7 +79,7 @@ def test_skill_step_conditioning_reaches_the_pooled_features():
 
 
 def test_sampler_stage_feeds_steps_since_the_skill_began():
-    from atomskill_jax.models.atomskill import AtomSkill, fake_batch
+    from atomskill_jax.methods.atomskill.model import AtomSkill, fake_batch
 
     config = tiny_model_config()
     config.sampler.condition_on_skill_step = True

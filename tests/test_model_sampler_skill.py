@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models.atomskill import AtomSkill, fake_batch
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.model import AtomSkill, fake_batch
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import codebook_standardisation
 
 B = 2

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from atomskill_jax.models.atomskill import AtomSkill, fake_batch
-from atomskill_jax.models.atomskill_config import tiny_model_config
+from atomskill_jax.methods.atomskill.model import AtomSkill, fake_batch
+from atomskill_jax.methods.atomskill.config import tiny_model_config
 
 
 def _model(rate):

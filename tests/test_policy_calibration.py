@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from atomskill_jax.policies import calibration
+from atomskill_jax.methods.atomskill import calibration
 
 U = np.array([0.6, 0.8, 0.0, 0.0])  # a unit direction: distances are the d given
 
@@ -111,29 +111,29 @@ def _hand_calibration(dataset_dir, fields):
 
 def test_calibration_of_the_real_fixture_and_of_several_datasets(
         tiny_trained_workdir, metaworld_rlds_dir, tmp_path):
-    """`_compute` (what `ensure_calibration` runs) on the MetaWorld fixture with the
-    workdir's statistics equals the rule applied here; with a second dataset whose
-    action_abs spread is twice as wide (distances halve), the smaller epsilon wins."""
+    """`compute_calibration` on the MetaWorld fixture with the workdir's statistics equals
+    the rule applied here and what the trainer saved in the checkpoint's assets; with a
+    second dataset whose action_abs spread is twice as wide (distances halve), the
+    smaller epsilon wins."""
     from atomskill_jax.policies.loading import read_workdir_assets
 
     assets = read_workdir_assets(tiny_trained_workdir)[0]
     stats = assets["statistics"][0]
     epsilon, eps_end, eps_early, cap = _hand_calibration(metaworld_rlds_dir, stats["fields"])
-    out = calibration._compute(str(tmp_path), [metaworld_rlds_dir], assets["config"],
-                               [stats], "train")
+    out = calibration.compute_calibration([metaworld_rlds_dir], assets["config"], [stats],
+                                          "train")
     assert out["epsilon"] == pytest.approx(epsilon, rel=1e-5)
     assert out["eps_end"] == pytest.approx(eps_end, abs=1e-6)
     assert out["eps_early"] == pytest.approx(eps_early, rel=1e-5)
     assert out["max_skill_steps"] == cap
-    assert calibration.read_calibration(str(tmp_path)) == json.loads(json.dumps(out))
-    # ensure_calibration reads an existing file and computes nothing (no assets needed).
-    assert calibration.ensure_calibration(str(tmp_path), assets={}) == \
-        calibration.read_calibration(str(tmp_path))
+    saved = assets["calibration"]  # the trainer's, at the end of training
+    for key in ("epsilon", "eps_end", "eps_early", "max_skill_steps"):
+        assert saved[key] == out[key], key
 
     wide = json.loads(json.dumps(stats))
     wide["fields"]["action_abs"]["std"] = [2 * s for s in wide["fields"]["action_abs"]["std"]]
-    both = calibration._compute(str(tmp_path), [metaworld_rlds_dir] * 2, assets["config"],
-                                [stats, wide], "train")
+    both = calibration.compute_calibration([metaworld_rlds_dir] * 2, assets["config"],
+                                           [stats, wide], "train")
     assert [r["epsilon"] for r in both["per_dataset"]] == pytest.approx(
         [epsilon, epsilon / 2], rel=1e-5)
     assert both["epsilon"] == pytest.approx(epsilon / 2, rel=1e-5)

@@ -10,20 +10,17 @@ import numpy as np
 import pytest
 
 from atomskill_jax.envs import metaworld as mw
-from atomskill_jax.policies import calibration
 from atomskill_jax.policies.base import TaskInfo
 from tests.tiny_model import REPO, child_env, copy_workdir
 
 @pytest.fixture(scope="module")
 def workdir(tiny_trained_workdir, tmp_path_factory):
     """A copy of the session's tiny trained workdir (2+2 steps, trained in a child with
-    1 device), then calibrated (in this process, which may import TensorFlow)."""
+    1 device): the trainer saved its calibration with the sampler stage's checkpoints."""
     out = copy_workdir(tiny_trained_workdir, tmp_path_factory, "policy_workdir")
     from atomskill_jax.policies.loading import read_workdir_assets
 
-    assets = read_workdir_assets(str(out))[0]
-    calib = calibration._compute(str(out), list(assets["datasets"]), assets["config"],
-                                 assets["statistics"], "train")
+    calib = read_workdir_assets(str(out))[0]["calibration"]
     assert calib["eps_end"] == 0.0 and 0 < calib["epsilon"] < calib["eps_early"]
     assert calib["end_hit_rate"] == 1.0 and calib["max_skill_steps"] >= 10
     return str(out)
@@ -41,11 +38,11 @@ def _infos(b, seed=0):
 
 
 def test_loaded_policy_chains_skills(workdir):
-    from atomskill_jax.policies.loading import load_policy
+    from atomskill_jax.policies.loading import load_policy, read_workdir_assets
 
     policy = load_policy(workdir)
     assert policy.checkpoint_step == 2 and policy.spec.name == "atomskill"
-    assert policy.epsilon == calibration.read_calibration(workdir)["epsilon"]
+    assert policy.epsilon == read_workdir_assets(workdir)[0]["calibration"]["epsilon"]
     policy.reset(_infos(3))
     a = [policy.infer(_obs(3)) for _ in range(2)]
     assert a[0].shape == (3, 4) and np.isfinite(a[0]).all()
@@ -97,7 +94,7 @@ def test_resampling_within_a_skill(workdir):
     assert sampled_at(3) == [(0, [0, 0]), (3, [3, 3]), (6, [6, 6])]
     assert sampled_at(0) == [(0, [0, 0])]
     assert sampled_at(None) == [(0, [0, 0])]  # the tiny config's sampler.resample_every: 0
-    from atomskill_jax.policies.atomskill_policy import RuntimeOptions
+    from atomskill_jax.methods.atomskill.policy import RuntimeOptions
 
     with pytest.raises(ValueError, match="resample_every"):
         RuntimeOptions(resample_every=-1)
@@ -110,8 +107,8 @@ def test_ensembling_option_and_config_default(workdir):
 
     import ml_collections
 
-    from atomskill_jax.policies import eval_command
-    from atomskill_jax.policies.atomskill_policy import RuntimeOptions, resolve_ensemble_m
+    from atomskill_jax.commands import eval as eval_command
+    from atomskill_jax.methods.atomskill.policy import RuntimeOptions, resolve_ensemble_m
     from atomskill_jax.policies.loading import load_policy
 
     model = ml_collections.ConfigDict({"decoder": {"ensemble_m": 0.01}})
@@ -204,10 +201,10 @@ def test_act_like_baseline_executes_chunks(metaworld_rlds_dir):
     from flax import nnx
 
     from atomskill_jax.data.normalization import FieldStatistics, Normalizer, normalizer_keys
-    from atomskill_jax.models.atomskill import AtomSkill
-    from atomskill_jax.models.atomskill_config import tiny_model_config
+    from atomskill_jax.methods.atomskill.model import AtomSkill
+    from atomskill_jax.methods.atomskill.config import tiny_model_config
     from atomskill_jax.policies.adapters import MetaWorldDeltaAdapter
-    from atomskill_jax.policies.atomskill_policy import AtomSkillPolicy, RuntimeOptions
+    from atomskill_jax.methods.atomskill.policy import AtomSkillPolicy, RuntimeOptions
 
     m = tiny_model_config()
     m.decoder.skill_conditioning = False

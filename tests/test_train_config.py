@@ -68,11 +68,17 @@ def test_epochs_become_steps():
 
 def test_stages():
     c = config_flags.load_config(f"{CONFIG}:tiny")
-    assert trainer.resolve_stages("both", c.model) == ["skill", "sampler"]
+    assert trainer.resolve_stages(c) == ["skill", "sampler"]  # c.stage is "both"
+    c.stage = "sampler"
+    assert trainer.resolve_stages(c) == ["sampler"]
     c.model.decoder.skill_conditioning = False  # ACT-like baseline: nothing to sample
-    assert trainer.resolve_stages("both", c.model) == ["skill"]
-    with pytest.raises(ValueError):
-        trainer.resolve_stages("sampler", c.model)
+    with pytest.raises(ValueError, match=r"has the stages \['skill'\]"):
+        trainer.resolve_stages(c)
+    c.stage = "both"
+    assert trainer.resolve_stages(c) == ["skill"]
+    c.stage = "pretrain"  # another method's stage
+    with pytest.raises(ValueError, match="config.stage='pretrain'"):
+        trainer.resolve_stages(c)
 
 
 def test_sweep_expands_and_prints_commands(tmp_path, capsys):

@@ -9,7 +9,7 @@ CHILD = """
 import numpy as np
 from flax import nnx
 from atomskill_jax.data import mesh_batches
-from atomskill_jax.models import atomskill
+from atomskill_jax.methods.atomskill import model as atomskill
 from atomskill_jax.training import mesh as mesh_lib, optimizer, train_state as ts
 config = tiny_train_config('unused')
 config.model.state_dim = 6
@@ -22,7 +22,7 @@ devices = jax.device_count()
 mesh = mesh_lib.make_mesh(data=-1, fsdp=2 if devices > 1 else 1)
 tx, schedule = optimizer.make_optimizer(config.optim, 10)
 graphdef, state, shardings = ts.create_train_state(config, 'skill', tx, mesh, use_ema=True)
-step = ts.jit_train_step(ts.make_train_step(graphdef, tx, 'skill', schedule=schedule,
+step = ts.jit_train_step(ts.make_train_step(graphdef, tx, config, 'skill', schedule=schedule,
                                             ema_decay=0.9), shardings, mesh)
 rng = jax.random.PRNGKey(7)
 losses = []

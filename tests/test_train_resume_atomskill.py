@@ -34,7 +34,7 @@ def flat(prefix, tree):
 
 def record_reinits(out):
     os.makedirs(out, exist_ok=True)
-    original = ts.make_reinit_dead_codes
+    original = ts.make_hook
     def make(*args, **kwargs):
         reinit = original(*args, **kwargs)
         def call(rng, state):
@@ -47,7 +47,7 @@ def record_reinits(out):
                      **flat('metrics', jax.device_get(metrics)))
             return state, metrics
         return call
-    ts.make_reinit_dead_codes = make
+    ts.make_hook = make
 
 for action in sys.argv[4:]:
     if action.startswith('record:'):

@@ -32,7 +32,7 @@ def trajectory():
     tx, schedule = optimizer.make_optimizer(optim, 4)
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     graphdef, state, _ = ts.create_train_state(config, "sampler", tx, mesh, use_ema=True)
-    step = jax.jit(ts.make_train_step(graphdef, tx, "sampler", schedule=schedule,
+    step = jax.jit(ts.make_train_step(graphdef, tx, config, "sampler", schedule=schedule,
                                       ema_decay=EMA_DECAY))
     states, metrics = [jax.device_get(state)], []
     for t in range(STEPS):

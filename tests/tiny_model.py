@@ -1,6 +1,6 @@
 """A tiny stand-in with the AtomSkill model contract, for fast trainer tests.
 
-Same interface as `atomskill_jax.models.atomskill.AtomSkill`: built from a config and
+Same interface as `atomskill_jax.methods.atomskill.model.AtomSkill`: built from a config and
 `nnx.Rngs`, `compute_loss(rng, batch, *, train, stage) -> (loss, metrics)`, a large
 kernel annotated for the 'fsdp' axis, VQ usage counts as a non-Param variable, and
 parts named like the real model so the stage filters freeze the same things. The
@@ -125,6 +125,32 @@ def fake_batch(config, batch_size: int, seed: int = 0) -> dict:
     }
 
 
+def two_stage_spec(name: str, model_class, fake=None):
+    """A MethodSpec of a stand-in model with AtomSkill's two stages: 'skill' trains all
+    but the `sampler` module, 'sampler' trains it, starting from the skill stage's
+    variables outside it; EMA per `config.train.ema_stages`."""
+    from atomskill_jax.methods.spec import MethodSpec, Stage
+
+    in_sampler = nnx.PathContains("sampler")
+
+    def stages(config):
+        ema = tuple(config.train.get("ema_stages", ("sampler",)))
+        return (Stage("skill", nnx.Not(in_sampler), ema="skill" in ema),
+                Stage("sampler", in_sampler, starts_from="skill", carried=nnx.Not(in_sampler),
+                      ema="sampler" in ema))
+
+    def compute_loss(model, rng, batch, *, stage, step, train):
+        return model.compute_loss(rng, batch, train=train, stage=stage)
+
+    return MethodSpec(name=name, create=lambda config, rngs: model_class(config.model, rngs=rngs),
+                      stages=stages, fake_batch=lambda config, b: fake(config.model, b),
+                      input_spec=lambda config: {}, trajectory_transform=lambda config: None,
+                      compute_loss=compute_loss, make_policy=None)
+
+
+TINY_SPEC = two_stage_spec("tiny", TinyModel, fake_batch)
+
+
 # -- helpers shared by the trainer tests (tests/test_train_*.py) ------------------------
 
 def tiny_train_config(dataset_dir: str, *, real_model: bool = True, **train_overrides):
@@ -136,7 +162,7 @@ def tiny_train_config(dataset_dir: str, *, real_model: bool = True, **train_over
     c.data.datasets = ({"name": str(dataset_dir), "weight": 1.0},)
     if not real_model:
         with c.unlocked():
-            c.model_factory = "tests.tiny_model:TinyModel"
+            c.method = "tests.tiny_model:TINY_SPEC"
             c.model = tiny_model_config()
             c.model.horizon = c.data.get_ref("horizon")
             c.model.skill_length = c.data.get_ref("skill_resample_length")

@@ -157,8 +157,17 @@ def probe_config(**train):
     import ml_collections
 
     return ml_collections.ConfigDict({
-        "seed": 0, "model_factory": "tests.train_helpers:ProbeModel", "model": {},
+        "seed": 0, "method": "tests.train_helpers:PROBE_SPEC", "model": {},
         "train": dict(train)})
+
+
+def _probe_spec():
+    from tests.tiny_model import two_stage_spec
+
+    return two_stage_spec("probe", ProbeModel)
+
+
+PROBE_SPEC = _probe_spec()
 
 
 def probe_batch(seed: int) -> dict:

@@ -5,19 +5,17 @@
 
 The report (JSON, CSV, markdown) goes to --out, default W/eval/<suite>-step<S>-<id>
 (<id> hashes the evaluation: checkpoint, runtime options, tasks, seeds, episodes, cap),
-and records the command, seeds, checkpoint step, runtime options, ε calibration and
-versions. --out is checked before anything runs; finished episodes are written there as
+and records the command, seeds, checkpoint step, the method and its runtime options,
+its calibration (saved with the checkpoint) and versions. --out is checked before anything runs; finished episodes are written there as
 they arrive, and the same command again (after a kill or a dead worker) runs only the
-missing ones (`eval.episode_store`). This process never imports TensorFlow: ε
-calibration reads the dataset in a spawned process, rollouts run in spawned workers
-that load the policy themselves.
+missing ones (`eval.episode_store`). This process never imports TensorFlow: rollouts
+run in spawned workers that load the policy themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -84,8 +82,9 @@ def run(args) -> int:
     from atomskill_jax.envs import metaworld_tasks
     from atomskill_jax.eval import evaluate, to_markdown, write_report
     from atomskill_jax.eval.episode_store import check_output_dir, digest
-    from atomskill_jax.policies import calibration
-    from atomskill_jax.policies.atomskill_policy import RuntimeOptions, resolve_ensemble_m
+    import ml_collections
+
+    from atomskill_jax.methods import registry
     from atomskill_jax.policies.loading import policy_factory, read_workdir_assets
 
     suite = args.suite if args.suite or args.tasks else "rlbench6"
@@ -97,24 +96,26 @@ def run(args) -> int:
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
                "resample_every": args.resample_every,
                "name": args.name or os.path.basename(workdir)}
-    RuntimeOptions(**options)  # fail here, not in every worker
-    resample_every = _resample_every(assets, args.resample_every)
-    ensemble_m = resolve_ensemble_m(args.ensemble_m, _model_config(assets))
+    config = ml_collections.ConfigDict(assets["config"])
+    spec = registry.get_spec(config)
+    given = {k: v for k, v in options.items() if v is not None}
+    # The options the policy really runs with (defaults from the config); refuses an
+    # option the method does not take here, not in every worker.
+    resolved = spec.resolve_options(config, given) if spec.resolve_options else {}
     # What decides the actions, besides the episode (the name does not).
     identity = {"workdir": workdir, "checkpoint_step": step,
                 "checkpoint_written": _written(os.path.join(checkpoint_dir, str(step))),
                 "use_ema": not args.no_ema,
-                **{k: v for k, v in options.items() if k != "name"},
-                "resample_every": resample_every, "ensemble_m": ensemble_m}
+                **{k: v for k, v in options.items() if k != "name"}, **resolved}
     label = suite if not args.tasks else "tasks"
     what = {"identity": identity, "tasks": [metaworld_tasks.canonical_task(t) for t in tasks],
             "seeds": seeds, "episodes": args.episodes, "max_steps": args.max_steps}
     out = args.out or os.path.join(workdir, "eval", f"{label}-step{step}-{digest(what)}")
-    # Before calibrating or rolling out: a bad --out must not cost the whole evaluation.
+    # Before rolling out: a bad --out must not cost the whole evaluation.
     out = check_output_dir(out, "--out" if args.out else "the default --out")
-    calib = calibration.ensure_calibration(workdir, assets)
+    calib = assets.get("calibration") or {}
     identity["calibration"] = {k: calib.get(k) for k in ("epsilon", "max_skill_steps")}
-    factory = policy_factory(workdir, step=step, use_ema=not args.no_ema, **options)
+    factory = policy_factory(workdir, step=step, use_ema=not args.no_ema, **given)
     argv = getattr(args, "argv", None)
     command = " ".join(["atomskill"] + list(sys.argv[1:] if argv is None else argv))
     report = evaluate(factory, tasks, args.episodes, seeds, name=options["name"],
@@ -125,8 +126,8 @@ def run(args) -> int:
                       identity=identity)
     report.meta["workdir"] = workdir
     report.meta["runtime_options"] = dict(options, use_ema=not args.no_ema)
-    report.meta["resample_every"] = resample_every
-    report.meta["ensemble_m"] = ensemble_m
+    report.meta["method"] = spec.name
+    report.meta.update(resolved)  # e.g. AtomSkill's resample_every and ensemble_m
     report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
     paths = write_report(report, out)
     print(to_markdown(report))
@@ -150,22 +151,6 @@ def _ensemble_m(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number (ACT: 0.01) or 'off', got {text!r}")
-
-
-def _model_config(assets: dict) -> dict:
-    config = assets.get("config", {})
-    config = json.loads(config) if isinstance(config, str) else config
-    return config.get("model", {})
-
-
-def _resample_every(assets: dict, given: int | None) -> int:
-    """The re-sampling period the policy used (given, else the model config's)."""
-    if given is not None:
-        return int(given)
-    model = _model_config(assets)
-    if not model.get("decoder", {}).get("skill_conditioning", True):
-        return 0
-    return int(model.get("sampler", {}).get("resample_every", 0))
 
 
 __all__ = ["add_parser", "run", "latest_report_dir"]

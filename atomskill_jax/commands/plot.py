@@ -72,13 +72,14 @@ def run(args) -> int:
               f"version directory, e.g. DIR/metaworld_scripted/rlbench6/1.0.0)",
               file=sys.stderr)
         return 2
-    from atomskill_jax.eval import plots, skill_embeddings as se
+    from atomskill_jax.eval import plots
+    from atomskill_jax.methods.atomskill import skill_embeddings as se
 
     se.check_skill_workdir(workdir, args.step)  # fail before TensorFlow and the model
-    from atomskill_jax.cli import _quiet_tensorflow
+    from atomskill_jax.cli import quiet_tensorflow
     from atomskill_jax.eval.tsne import effective_perplexity, tsne
 
-    _quiet_tensorflow()
+    quiet_tensorflow()
     out = os.path.abspath(args.out or os.path.join(workdir, "plots"))
     os.makedirs(out, exist_ok=True)
     written = []

@@ -16,6 +16,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.datasets = ({"name": "metaworld_scripted", "weight": 1.0},)
     c.data_dir = ""  # root for names; "" -> $ATOMSKILL_DATA_DIR, then ~/tensorflow_datasets
     c.split = "train"
+    # A stage's checkpoints directory (e.g. a pre-training run's): normalise with the
+    # statistics saved there, not this data's own ("" = own).
+    c.statistics_from = ""
 
     c.action_space = "action"  # "action" (e.g. deltas) or "action_abs" (absolute targets)
     c.horizon = ml_collections.FieldReference(32)  # H: action chunk length

@@ -87,8 +87,15 @@ def open_sources(config) -> list[sources.DatasetSource]:
     return opened
 
 
+def default_trajectory_transform(config) -> Callable:
+    """The library's per-episode transform (chunks, skill segments, keyposes)."""
+    return functools.partial(
+        traj_transforms.training_steps, horizon=int(config.horizon),
+        resample_length=int(config.skill_resample_length), action_space=config.action_space)
+
+
 def _per_dataset(source, index: int, config, *, train: bool, process_index: int,
-                 process_count: int) -> tf.data.Dataset:
+                 process_count: int, trajectory_transform: Callable | None) -> tf.data.Dataset:
     seed = config.seed
     ds = sources.read_episodes(
         source, split=config.split, process_index=process_index, process_count=process_count,
@@ -97,15 +104,15 @@ def _per_dataset(source, index: int, config, *, train: bool, process_index: int,
     if train:
         ds = ds.repeat().shuffle(config.episode_shuffle_buffer,
                                  seed=derive_seed(seed, "episodes", index))
-    steps = functools.partial(
-        traj_transforms.training_steps, dataset_index=index, horizon=int(config.horizon),
-        resample_length=int(config.skill_resample_length), action_space=config.action_space)
+    transform = trajectory_transform or default_trajectory_transform(config)
+    steps = functools.partial(transform, dataset_index=index)
     ds = ds.map(steps, num_parallel_calls=config.num_parallel_calls, deterministic=True)
     return ds.unbatch()
 
 
 def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
-                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                  process_index: int = 0, process_count: int = 1,
+                  trajectory_transform: Callable | None = None) -> tf.data.Dataset:
     """Local batches (this process's share: batch_size / process_count) as a tf.data.Dataset."""
     if config.batch_size % process_count:
         raise ValueError(f"batch size {config.batch_size} does not split over "
@@ -113,7 +120,9 @@ def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: boo
     local_batch = config.batch_size // process_count
     weights = [w for _, w in dataset_entries(config)]
     per_dataset = [_per_dataset(s, i, config, train=train, process_index=process_index,
-                                process_count=process_count) for i, s in enumerate(opened)]
+                                process_count=process_count,
+                                trajectory_transform=trajectory_transform)
+                   for i, s in enumerate(opened)]
     if len(per_dataset) == 1:
         ds = per_dataset[0]
     else:
@@ -180,8 +189,17 @@ class DataPipeline:
 
 
 def make_pipeline(config, *, train: bool = True, process_index: int | None = None,
-                  process_count: int | None = None) -> DataPipeline:
+                  process_count: int | None = None, trajectory_transform: Callable | None = None,
+                  normalizer_keys: Callable[[str], dict] | None = None,
+                  statistics: Sequence[DatasetStatistics] | None = None) -> DataPipeline:
     """Open the datasets, load (or compute once) their statistics, build the pipeline.
+
+    `trajectory_transform(episode, dataset_index=i)`: the method's per-episode examples
+    (None: the default, chunks + skill segments + keyposes); `normalizer_keys(action
+    space)`: which batch keys it normalises with which statistics field (None: the
+    default's). `statistics` (one per dataset): normalise with these instead of the data's
+    own, e.g. a pre-training run's (`data.statistics_from`, resolved by the trainer), so
+    a frozen pre-trained encoder sees inputs scaled as in pre-training.
 
     train=True: endless, shuffled, augmented. train=False: one pass over this process's
     episodes in file order, no shuffling or augmentation (the tail that does not fill
@@ -191,11 +209,20 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     process_count = jax.process_count() if process_count is None else process_count
     opened = open_sources(config)
     stats = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
+    if statistics is not None:
+        if len(statistics) != len(opened):
+            raise ValueError(f"{len(statistics)} statistics given for {len(opened)} datasets")
+        stats = list(statistics)
     config = ml_collections.ConfigDict(config.to_dict())  # later edits must not leak in
     build = functools.partial(build_dataset, config, opened, train=train,
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count,
+                              trajectory_transform=trajectory_transform)
     build()  # fail now, not at the first batch, if the graph cannot be built
+    normalizer = normalizer_from_config(config, stats)
+    if normalizer_keys is not None:
+        normalizer = dataclasses.replace(normalizer, keys=normalizer_keys(config.action_space))
     return DataPipeline(sources=opened, statistics=stats,
-                        normalizer=normalizer_from_config(config, stats),
+                        normalizer=normalizer,
                         global_batch_size=int(config.batch_size), build=build,
                         split=config.split)
+

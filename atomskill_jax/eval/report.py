@@ -119,7 +119,7 @@ def to_markdown(report: Report, layout: str = "auto") -> str:
     return f"## {report.name}\n\n" + compare([report], layout=layout)
 
 
-def _summary_rows(report: Report) -> list[dict]:
+def summary_rows(report: Report) -> list[dict]:
     summary = report.summary()
     rows = []
     for kind, items in (("task", summary["tasks"]), ("group", summary["groups"])):
@@ -144,7 +144,7 @@ def write_report(report: Report, out_dir: str) -> dict[str, str]:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(dataclasses.asdict(r) for r in report.results)
-    rows = _summary_rows(report)
+    rows = summary_rows(report)
     with open(paths["summary_csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -329,7 +329,7 @@ def write_table(p: dict, report_dirs: dict[str, str]) -> dict[str, str]:
         f.write(markdown)
     csv_rows = []
     for variant, _, merged in rows:
-        csv_rows += [{"variant": variant, **row} for row in report_lib._summary_rows(merged)]
+        csv_rows += [{"variant": variant, **row} for row in report_lib.summary_rows(merged)]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
         writer.writeheader()

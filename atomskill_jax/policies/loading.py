@@ -4,11 +4,11 @@
     factory = policy_factory("runs/a", requery_every=4)  # picklable, for eval workers
 
 Reads the checkpoint's `assets` item (resolved config, normalisation statistics,
-datasets) and its `params` item (EMA weights where the stage kept an EMA), restored
-onto one CPU device whatever mesh wrote them. The stage loaded is `sampler` when the
-model has a skill space and that stage has checkpoints (it holds the frozen skill
-model too), else `skill` (the ACT-like baseline, or a run stopped after stage one:
-its sampler is untrained, which is refused).
+datasets, the method's calibration) and its `params` item (EMA weights where the stage
+kept an EMA), restored onto one CPU device whatever mesh wrote them. The stage loaded
+is the method's last (methods/spec.py; AtomSkill: `sampler`, which holds the frozen
+skill model too; the ACT-like ablation and the MLP: `skill`); a run stopped before it
+is refused. The policy is built by the method's spec (`make_policy`).
 
 Every file read is checked against the step's checksum manifest first: a damaged step
 is refused (checkpoints.DamagedCheckpointError naming the step, the file and the intact
@@ -23,6 +23,7 @@ only orbax, the model, and the numpy-only normalisation/statistics modules.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 
@@ -30,29 +31,52 @@ import jax
 import ml_collections
 from flax import nnx
 
-from atomskill_jax.data.normalization import normalizer_from_config
-from atomskill_jax.data.statistics import DatasetStatistics
-from atomskill_jax.policies import adapters, calibration
-from atomskill_jax.policies.atomskill_policy import AtomSkillPolicy, RuntimeOptions
-from atomskill_jax.training import checkpoints
+from atomskill_jax.methods import registry
+from atomskill_jax.policies.base import Policy
+from atomskill_jax.training import checkpoints, workdir as workdir_layout
 from atomskill_jax.training.train_state import build_model
 
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir(workdir: str) -> str:
-    """W/sampler/checkpoints if it holds a checkpoint, else W/skill/checkpoints."""
-    for stage in ("sampler", "skill"):
-        path = os.path.join(workdir, stage, "checkpoints")
-        if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
-            return path
-    raise FileNotFoundError(f"{workdir}: no checkpoints under skill/ or sampler/ "
+def _method_config(workdir: str) -> ml_collections.ConfigDict | None:
+    path = workdir_layout.config_path(workdir)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_dir(workdir: str, stage: str | None = None) -> str:
+    """The checkpoints of the method's last stage (the policy's), or of `stage`:
+    W/<stage>/checkpoints. Workdirs without a config.json fall back to the newest stage
+    holding checkpoints."""
+    if stage is not None:
+        if not workdir_layout.has_checkpoints(workdir, stage):
+            raise FileNotFoundError(f"{workdir}: no checkpoints of stage {stage!r}")
+        return workdir_layout.checkpoints_dir(workdir, stage)
+    config = _method_config(workdir)
+    have = workdir_layout.stages_with_checkpoints(workdir)
+    if config is not None:
+        names = registry.get_spec(config).stage_names(config)
+        if workdir_layout.has_checkpoints(workdir, names[-1]):
+            return workdir_layout.checkpoints_dir(workdir, names[-1])
+        if have:
+            raise ValueError(
+                f"{workdir}: the policy is the {names[-1]!r} stage's and it has no checkpoint "
+                f"(trained: {have}); finish training (the method's stages: {names})")
+    elif have:  # no config.json: the newest stage written (legacy workdirs)
+        return max((workdir_layout.checkpoints_dir(workdir, n) for n in have),
+                   key=os.path.getmtime)
+    raise FileNotFoundError(f"{workdir}: no checkpoints under any stage directory "
                             f"(train first: atomskill train --workdir={workdir})")
 
 
-def read_workdir_assets(workdir: str, step: int | None = None) -> tuple[dict, str, int]:
-    """(assets, checkpoint directory, step) of the checkpoint a policy would load."""
-    directory = checkpoint_dir(workdir)
+def read_workdir_assets(workdir: str, step: int | None = None, *,
+                        stage: str | None = None) -> tuple[dict, str, int]:
+    """(assets, checkpoint directory, step) of the checkpoint a policy would load (or of
+    `stage`'s newest)."""
+    directory = checkpoint_dir(workdir, stage)
     manager = checkpoints.make_manager(directory, keep=0, async_save=False, read_only=True)
     try:
         steps = manager.all_steps()
@@ -108,10 +132,6 @@ def load_model(workdir: str, *, step: int | None = None, use_ema: bool = True):
     """(model on one CPU device, resolved config, assets, step)."""
     assets, directory, step = read_workdir_assets(workdir, step)
     config = ml_collections.ConfigDict(assets["config"])
-    stage = assets.get("stage", os.path.basename(os.path.dirname(directory)))
-    if bool(config.model.decoder.skill_conditioning) and stage != "sampler":
-        raise ValueError(f"{directory}: the skill model has no trained sampler (stage "
-                         f"{stage!r}); finish training (config.stage='both' or 'sampler')")
     seed = int(config.seed)
     abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
     graphdef, abstract = nnx.split(abstract_model)
@@ -123,27 +143,16 @@ def load_model(workdir: str, *, step: int | None = None, use_ema: bool = True):
 
 
 def load_policy(workdir: str, *, step: int | None = None, use_ema: bool = True,
-                **runtime_options) -> AtomSkillPolicy:
-    """An `AtomSkillPolicy` (or the ACT-like baseline) from a workdir; `runtime_options`
-    are the fields of `RuntimeOptions` (epsilon, requery_every, ensemble_m, ...)."""
-    options = RuntimeOptions(**runtime_options)
+                **runtime_options) -> Policy:
+    """The method's policy (its spec's `make_policy`) from a workdir. `runtime_options`
+    are the method's (AtomSkill: epsilon, requery_every, ensemble_m, ...); options given
+    as None mean "the default" and are dropped, others the method does not know are
+    refused."""
     model, config, assets, step = load_model(workdir, step=step, use_ema=use_ema)
-    stats = [DatasetStatistics.from_json(s, source=f"{workdir} assets") for s in
-             assets["statistics"]]
-    normalizer = normalizer_from_config(config.data, stats)
-    calib = calibration.read_calibration(workdir)
-    if calib is None and (options.epsilon is None or options.max_skill_steps is None):
-        log.warning("%s has no %s (atomskill eval computes it); using epsilon=%s, "
-                    "max_skill_steps=%s", workdir, calibration.FILENAME,
-                    calibration.FALLBACK["epsilon"], calibration.FALLBACK["max_skill_steps"])
-        calib = calibration.FALLBACK
-    epsilon = options.epsilon if options.epsilon is not None else calib["epsilon"]
-    cap = options.max_skill_steps if options.max_skill_steps is not None else (
-        calib["max_skill_steps"])
-    adapter = adapters.adapter_for(options.embodiment, config.data.action_space,
-                                   assets.get("datasets", ()))
-    policy = AtomSkillPolicy(model, config, normalizer, adapter, options, epsilon=epsilon,
-                             max_skill_steps=cap)
+    assets = dict(assets, workdir=os.path.abspath(workdir),
+                  source=f"{workdir} checkpoint {step} assets")
+    options = {k: v for k, v in runtime_options.items() if v is not None}
+    policy = registry.get_spec(config).make_policy(model, assets, options)
     policy.checkpoint_step = step
     return policy
 

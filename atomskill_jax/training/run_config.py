@@ -13,9 +13,9 @@ import json
 import logging
 import os
 
-log = logging.getLogger(__name__)
+from atomskill_jax.training.workdir import CONFIG as CONFIG_FILE
 
-CONFIG_FILE = "config.json"
+log = logging.getLogger(__name__)
 # Changeable on resume: how long and how the run goes, not what it learns. Schedule
 # lengths are here because extending a finished run is a normal request.
 RESUMABLE_PREFIXES = ("train.", "mesh.", "distributed.", "wandb.", "stage", "variant",

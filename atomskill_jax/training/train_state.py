@@ -1,9 +1,10 @@
 """Train state and the jitted, sharded train step.
 
-The model is split once into a static graph and three states, chosen by filters:
-  params   Params trained in this stage (everything but ρ and its label head in
-           stage 'skill'; only those in stage 'sampler', so φ, the VQ codebook and ψ
-           stay frozen: they are not differentiated and have no optimiser state)
+The model (built by the config's method spec, methods/registry.py) is split once into
+a static graph and three states, chosen by the stage's filter (methods/spec.Stage):
+  params   Params trained in this stage (e.g. AtomSkill's 'sampler' stage trains ρ only,
+           so φ, the VQ codebook and ψ stay frozen: they are not differentiated and
+           have no optimiser state)
   frozen   the other Params (passed through untouched)
   rest     non-Param variables (VQ usage counts): updated by the step, not optimised
 `train_step(rng, state, batch) -> (state, metrics)` merges them, differentiates the
@@ -13,7 +14,6 @@ step into the rng so a resumed run draws the same noise as an uninterrupted one.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import flax.struct
@@ -23,41 +23,24 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from atomskill_jax.methods import registry
+from atomskill_jax.methods.spec import Stage
 from atomskill_jax.training import mesh as mesh_lib
 
-STAGES = ("skill", "sampler")
 
-
-def load_symbol(spec: str) -> Any:
-    """'package.module:attribute' -> the attribute."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def model_class(config):
-    """`config.model_factory` ('module:Class'). Call it outside any jax trace first:
-    a module imported during a trace would turn its module-level jnp constants into
-    tracers that leak."""
-    return load_symbol(config.model_factory)
+def resolve_stage(config, stage) -> Stage:
+    """A `Stage` of the config's method, given as one or by name."""
+    return stage if isinstance(stage, Stage) else registry.get_spec(config).stage(config, stage)
 
 
 def build_model(config, seed: int):
     """The model, built without eager sharding: placement is decided here from the
-    annotations and the mesh."""
+    annotations and the mesh. Import the method (`registry.get_spec`) outside any jax
+    trace first: a module imported during a trace would turn its module-level jnp
+    constants into tracers that leak."""
+    spec = registry.get_spec(config)
     with nnx.use_eager_sharding(False):
-        return model_class(config)(config.model, rngs=nnx.Rngs(seed))
-
-
-def trainable_filter(model, stage: str, sampler_modules=("sampler", "label_head")):
-    """Which Params a stage trains: the model's module may say (a `trainable_filter(stage)`
-    function beside the class), else ρ is any path through one of `sampler_modules`."""
-    if stage not in STAGES:
-        raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
-    own = getattr(importlib.import_module(type(model).__module__), "trainable_filter", None)
-    if callable(own):
-        return own(stage)
-    in_sampler = nnx.Any(*(nnx.PathContains(m) for m in sampler_modules))
-    return nnx.All(nnx.Param, in_sampler if stage == "sampler" else nnx.Not(in_sampler))
+        return spec.create(config, nnx.Rngs(seed))
 
 
 @flax.struct.dataclass
@@ -71,10 +54,9 @@ class TrainState:
     ema: Any  # EMA of `params` (an nnx.State) or None
 
 
-def split_model(model, stage: str, sampler_modules):
-    graphdef, params, frozen, rest = nnx.split(
-        model, trainable_filter(model, stage, sampler_modules), nnx.Param, ...)
-    return graphdef, params, frozen, rest
+def split_model(model, stage: Stage):
+    """(graphdef, trained Params, frozen Params, the rest) by the stage's filter."""
+    return nnx.split(model, nnx.All(nnx.Param, stage.trainable), nnx.Param, ...)
 
 
 def inference_params(state: TrainState, graphdef) -> nnx.State:
@@ -101,22 +83,23 @@ def with_shardings(abstract, shardings):
                         abstract, shardings)
 
 
-def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
+def create_train_state(config, stage, tx, mesh: Mesh, *, use_ema: bool | None = None,
                        init_params: nnx.State | None = None, abstract_only: bool = False):
     """(graphdef, sharded TrainState, its shardings). Created inside jit with output
     shardings, so large parameters are born sharded and never gathered on one device.
     `init_params` (a full model state, e.g. the skill stage's result) overrides the
     fresh initialisation. `abstract_only`: ShapeDtypeStructs carrying the shardings
-    instead (the restore target when resuming: nothing is initialised)."""
+    instead (the restore target when resuming: nothing is initialised). `stage`: a
+    Stage or its name; `use_ema` None: the stage's own `ema`."""
     seed = int(config.seed)
-    sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
-    model_class(config)  # import the model's module now, outside the traces below
+    stage = resolve_stage(config, stage)  # imports the method now, outside the traces below
+    use_ema = stage.ema if use_ema is None else use_ema
 
     def init(loaded):
         model = build_model(config, seed)
         if loaded is not None:
             nnx.update(model, loaded)
-        _, params, frozen, rest = split_model(model, stage, sampler_modules)
+        _, params, frozen, rest = split_model(model, stage)
         state = TrainState(step=jnp.zeros((), jnp.int32),
                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                            params=params, frozen=frozen, rest=rest, opt_state=tx.init(params),
@@ -126,7 +109,7 @@ def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
     abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
-    graphdef = split_model(abstract_model, stage, sampler_modules)[0]
+    graphdef = split_model(abstract_model, stage)[0]
     abstract = jax.eval_shape(init, init_params)
     shardings = state_shardings(abstract, tx, mesh)
     if abstract_only:
@@ -135,17 +118,20 @@ def create_train_state(config, stage: str, tx, mesh: Mesh, *, use_ema: bool,
     return graphdef, state, shardings
 
 
-def make_train_step(graphdef, tx, stage: str, *, schedule: Callable, ema_decay: float,
-                    sampler_modules=("sampler", "label_head")):
-    """The pure step; jit it with `jit_train_step`."""
+def make_train_step(graphdef, tx, config, stage, *, schedule: Callable, ema_decay: float):
+    """The pure step of `stage` (a Stage or its name) of the config's method; jit it
+    with `jit_train_step`. The loss is the spec's `compute_loss`, told the step."""
+    spec = registry.get_spec(config)
+    stage = resolve_stage(config, stage)
 
     def train_step(rng, state: TrainState, batch):
         rng = jax.random.fold_in(rng, state.step)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.frozen, state.rest, copy=True)
-            loss, metrics = model.compute_loss(rng, batch, train=True, stage=stage)
-            rest = split_model(model, stage, sampler_modules)[3]
+            loss, metrics = spec.compute_loss(model, rng, batch, stage=stage.name,
+                                              step=state.step, train=True)
+            rest = split_model(model, stage)[3]
             return loss, (metrics, rest)
 
         (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -168,20 +154,24 @@ def make_train_step(graphdef, tx, stage: str, *, schedule: Callable, ema_decay: 
     return train_step
 
 
-def make_reinit_dead_codes(graphdef, stage: str, shardings: TrainState, mesh: Mesh,
-                           sampler_modules=("sampler", "label_head")):
-    """A jitted `(rng, state) -> (state, metrics)` calling the model's
-    `reinit_dead_codes` (dead VQ codes replaced by recent encoder outputs)."""
+HOOK_SALT = 0x5EED  # hooks draw from (base key, step, salt): never a train step's key
 
-    def reinit(rng, state: TrainState):
+
+def make_hook(graphdef, config, stage, hook, shardings: TrainState, mesh: Mesh):
+    """A jitted `(rng, state) -> (state, metrics)` running `hook.fn(model, key)` on the
+    merged model and keeping every variable it updates (e.g. dead VQ codes replaced by
+    recent encoder outputs). The key folds the step reached into the base key."""
+    stage = resolve_stage(config, stage)
+
+    def run(rng, state: TrainState):
         model = nnx.merge(graphdef, state.params, state.frozen, state.rest, copy=True)
-        metrics = model.reinit_dead_codes(jax.random.fold_in(
-            jax.random.fold_in(rng, state.step), 0x5EED))
-        _, params, frozen, rest = split_model(model, stage, sampler_modules)
-        return state.replace(params=params, frozen=frozen, rest=rest), metrics
+        metrics = hook.fn(model, jax.random.fold_in(jax.random.fold_in(rng, state.step),
+                                                     HOOK_SALT))
+        _, params, frozen, rest = split_model(model, stage)
+        return state.replace(params=params, frozen=frozen, rest=rest), dict(metrics)
 
     replicated = mesh_lib.replicated(mesh)
-    return jax.jit(reinit, in_shardings=(replicated, shardings),
+    return jax.jit(run, in_shardings=(replicated, shardings),
                    out_shardings=(shardings, replicated), donate_argnums=(1,))
 
 

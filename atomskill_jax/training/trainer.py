@@ -1,12 +1,11 @@
-"""The train loop: `train(config, workdir)` runs config.stage ('skill', 'sampler' or
-'both': skill, then sampler on the frozen skill space).
+"""The train loop: `train(config, workdir)` runs the stages of the config's method
+(methods/registry.py) that `config.stage` names: one stage, or 'both'/'all' for every
+stage in order (AtomSkill: skill, then sampler on the frozen skill space; USR:
+pretrain, then adapt). A stage that starts from another gets its carried variables from
+that stage's final checkpoint (or `config.train.init_from`). The method's calibration
+runs with the first checkpoint of its last stage and is saved in the assets.
 
-Layout of a workdir:
-  W/config.json                     the resolved config (dimensions filled from data)
-  W/<stage>/checkpoints/<step>/     orbax items params, train_state, data, assets
-  W/<stage>/metrics.jsonl           one JSON line per log step
-  W/<stage>/tensorboard/            TensorBoard event files
-  W/train.lock                      held while a trainer runs (workdir_lock.py)
+The workdir layout is training/workdir.py's.
 A workdir holding checkpoints is resumed; one it cannot read stops the run with the
 reason (never a silent restart); `overwrite=True` deletes them first. A re-run whose
 config differs from W/config.json beyond scheduling keys is refused (run_config.py).
@@ -33,8 +32,10 @@ import numpy as np
 from flax import nnx
 
 from atomskill_jax.data import mesh_batches
+from atomskill_jax.methods import registry
 from atomskill_jax.training import checkpoints, interrupts, mesh as mesh_lib, optimizer, preflight
-from atomskill_jax.training import run_config, train_state as ts, workdir_lock
+from atomskill_jax.training import run_config, train_state as ts, workdir as workdir_layout
+from atomskill_jax.training import workdir_lock
 from atomskill_jax.training.metric_writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,16 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def resolve_stages(stage: str, model_config=None) -> list[str]:
-    skills = True
-    if model_config is not None and "decoder" in model_config:
-        skills = bool(model_config.decoder.get("skill_conditioning", True))
-    if stage == "both":
-        if not skills:  # the ACT-like baseline has no skill space to sample
-            log.info("decoder.skill_conditioning=False: no sampler stage to train")
-            return ["skill"]
-        return ["skill", "sampler"]
-    if stage == "sampler" and not skills:
-        raise ValueError("config.stage='sampler' but model.decoder.skill_conditioning=False: "
-                         "the ACT-like baseline has no skill space to sample")
-    if stage not in ts.STAGES:
-        raise ValueError(f"config.stage={stage!r}: expected 'skill', 'sampler' or 'both'")
+def resolve_stages(config) -> list[str]:
+    """The stages `config.stage` names: one of the method's stages, or 'both'/'all' for
+    every stage of the method in order (methods/spec.py)."""
+    names = registry.get_spec(config).stage_names(config)
+    stage = str(config.stage)
+    if stage in ("both", "all"):
+        return names
+    if stage not in names:
+        raise ValueError(f"config.stage={stage!r}: method {registry.method_name(config)!r} "
+                         f"has the stages {names} with this config (or 'both' for all)")
     return [stage]
 
 
@@ -98,9 +95,9 @@ def config_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _prepare_workdir(workdir: str, overwrite: bool) -> None:
+def _prepare_workdir(workdir: str, overwrite: bool, stage_names) -> None:
     if overwrite and jax.process_index() == 0:
-        for name in ("skill", "sampler", "config.json"):
+        for name in (*stage_names, workdir_layout.CONFIG):
             path = os.path.join(workdir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -123,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
     from atomskill_jax.data import pipeline as pipeline_lib  # TensorFlow: only when training
 
     config = ml_collections.ConfigDict(config_json(config))  # resolved; callers keep theirs
-    stages = resolve_stages(config.stage, config.model)
+    stages = resolve_stages(config)
     os.makedirs(workdir, exist_ok=True)
     # The lock before anything is read or written: a refused trainer changes nothing.
     with workdir_lock.hold(workdir, jax.process_index()), interrupts.StopRequest() as stop:
@@ -131,11 +128,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = 
 
 
 def _train(config, workdir, stages, overwrite, stop, pipeline_lib) -> dict:
-    _prepare_workdir(workdir, overwrite)
+    spec = registry.get_spec(config)
+    _prepare_workdir(workdir, overwrite, spec.stage_names(config))
     mesh = mesh_lib.mesh_from_config(config.mesh)
-    pipeline = pipeline_lib.make_pipeline(config.data)
-    preflight.check_statistics(pipeline, config.data,
-                               num_batches=int(config.train.get("check_statistics_batches", 2)))
+    pipeline = pipeline_lib.make_pipeline(
+        config.data, trajectory_transform=spec.trajectory_transform(config),
+        normalizer_keys=spec.normalizer_keys, statistics=_statistics_from(config.data))
+    if not config.data.get("statistics_from"):  # foreign statistics do not fit this data
+        preflight.check_statistics(pipeline, config.data,
+                                   num_batches=int(config.train.get("check_statistics_batches", 2)))
     fill_model_dims(config, pipeline)
     # Written once; a re-run must be the same run (every process checks, one writes).
     run_config.record(workdir, config_json(config), write=jax.process_index() == 0)
@@ -147,40 +148,68 @@ def _train(config, workdir, stages, overwrite, stop, pipeline_lib) -> dict:
     return results
 
 
+def _statistics_from(data_config):
+    """`data.statistics_from` (a stage's checkpoints directory, e.g. a pre-training run's):
+    the statistics saved with its newest checkpoint, one per dataset of this run (one
+    saved set serves every dataset)."""
+    directory = data_config.get("statistics_from")
+    if not directory:
+        return None
+    from atomskill_jax.data.statistics import DatasetStatistics
+
+    steps = checkpoints.step_dirs(directory) if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"data.statistics_from={directory}: no checkpoint there")
+    saved = [DatasetStatistics.from_json(s, source=f"{directory}/{max(steps)} assets")
+             for s in checkpoints.read_assets(directory, max(steps))["statistics"]]
+    count = len(pipeline_datasets(data_config))
+    if len(saved) == 1:
+        return saved * count
+    if len(saved) != count:
+        raise ValueError(f"data.statistics_from={directory}: {len(saved)} datasets' statistics "
+                         f"saved, this run mixes {count}")
+    return saved
+
+
+def pipeline_datasets(data_config) -> list:
+    from atomskill_jax.data import pipeline as pipeline_lib
+
+    return pipeline_lib.dataset_entries(data_config)
+
+
 def _assets(config, pipeline, stage: str, mesh) -> dict:
     return {"config": config_json(config), "stage": stage,
+            "method": registry.method_name(config),
             "mesh": {k: int(v) for k, v in mesh.shape.items()},
             "datasets": [s.directory for s in pipeline.sources],
             "statistics": [s.to_json() for s in pipeline.statistics]}
 
 
-def _skill_params(config, workdir: str, mesh):
-    """The skill stage's final model variables outside the sampler modules, the
-    starting point of the sampler stage. The sampler modules start from their fresh
-    initialisation, so a sampler whose config changed trains on an existing skill
-    model (`train.init_from`) without retraining it."""
-    source = config.train.get("init_from") or os.path.join(workdir, "skill", "checkpoints")
-    ts.model_class(config)  # imported outside the trace below
-    sampler_modules = tuple(config.train.get("sampler_modules", ("sampler", "label_head")))
-    outside = nnx.Not(nnx.Any(*(nnx.PathContains(m) for m in sampler_modules)))
+def _start_variables(config, stage, workdir: str, mesh):
+    """The variables `stage.carried` selects from the final checkpoint of the stage it
+    starts from (W/<starts_from>/checkpoints, or `config.train.init_from`: another
+    workdir's checkpoints of that stage); everything else starts fresh."""
+    source = config.train.get("init_from") or workdir_layout.checkpoints_dir(
+        workdir, stage.starts_from)
     abstract = nnx.state(nnx.eval_shape(lambda: ts.build_model(config, int(config.seed))),
-                         outside)
+                         stage.carried)
     target = ts.with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
     params, step = checkpoints.restore_params(source, target, partial=True)
-    log.info("sampler stage starts from the skill model of %s step %d", source, step)
+    log.info("%s stage starts from the %s model of %s step %d", stage.name, stage.starts_from,
+             source, step)
     return params
 
 
 def run_stage(config, stage: str, workdir: str, pipeline, mesh, stop=None) -> dict:
-    stage_dir = os.path.join(workdir, stage)
+    stage_dir = workdir_layout.stage_dir(workdir, stage)
     total = stage_steps(config, stage, pipeline)
     tc = config.train
     tx, schedule = optimizer.make_optimizer(config.optim, total)
-    use_ema = stage in tuple(tc.get("ema_stages", ("sampler",)))
+    use_ema = ts.resolve_stage(config, stage).ema
     # Damaged newest steps go aside before orbax lists the steps (it caches the list).
-    checkpoints.set_aside_damaged(os.path.join(stage_dir, "checkpoints"))
+    checkpoints.set_aside_damaged(workdir_layout.checkpoints_dir(workdir, stage))
     _sync(f"atomskill_set_aside_damaged_{stage}")
-    manager = checkpoints.make_manager(os.path.join(stage_dir, "checkpoints"),
+    manager = checkpoints.make_manager(workdir_layout.checkpoints_dir(workdir, stage),
                                        keep=int(tc.keep_checkpoints),
                                        async_save=bool(tc.get("async_checkpoints", True)))
     try:
@@ -207,11 +236,13 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
             f"that orbax cannot read as checkpoints; fix or remove them, or pass --overwrite")
     for partial in checkpoints.incomplete_saves(ckpt_dir):
         log.warning("ignoring %s/%s: a save that never finished (killed run)", ckpt_dir, partial)
+    spec = registry.get_spec(config)
+    stage_spec = spec.stage(config, stage)
     init_params = None
-    if stage == "sampler" and latest is None:
-        init_params = _skill_params(config, workdir, mesh)
+    if stage_spec.starts_from is not None and latest is None:
+        init_params = _start_variables(config, stage_spec, workdir, mesh)
     graphdef, state, shardings = ts.create_train_state(
-        config, stage, tx, mesh, use_ema=use_ema, init_params=init_params,
+        config, stage_spec, tx, mesh, use_ema=use_ema, init_params=init_params,
         abstract_only=latest is not None)  # resuming: the checkpoint fills it
     iterator = pipeline.iterator()
     if latest is not None:
@@ -220,21 +251,16 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
     step = int(jax.device_get(state.step))
     if step >= total:
         log.info("%s stage already finished (step %d of %d); nothing to train", stage, step, total)
-    sampler_modules = tuple(tc.get("sampler_modules", ("sampler", "label_head")))
     step_fn = ts.jit_train_step(
-        ts.make_train_step(graphdef, tx, stage, schedule=schedule,
-                           ema_decay=float(tc.get("ema_decay", 0.999)),
-                           sampler_modules=sampler_modules), shardings, mesh)
-    # Dead codes exist only in the skill stage of a model with a codebook (not in the
-    # ACT-like baseline, which has no skill space).
-    decoder = config.model.get("decoder") or {}  # stand-in test models have none
-    has_codebook = bool(decoder.get("skill_conditioning", True))
-    reinit_every = (int(tc.get("reinit_dead_codes_every", 0))
-                    if stage == "skill" and has_codebook else 0)
-    reinit_fn = (ts.make_reinit_dead_codes(graphdef, stage, shardings, mesh, sampler_modules)
-                 if reinit_every > 0 else None)
+        ts.make_train_step(graphdef, tx, config, stage_spec, schedule=schedule,
+                           ema_decay=float(tc.get("ema_decay", 0.999))), shardings, mesh)
+    hooks = [(hook, ts.make_hook(graphdef, config, stage_spec, hook, shardings, mesh))
+             for hook in stage_spec.hooks if hook.every > 0]
     rng = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
     assets = _assets(config, pipeline, stage, mesh)
+    # The method's calibration, with every checkpoint of its last stage (computed at the
+    # first save, so training never waits for it and the final checkpoint has it).
+    calibrate = spec.calibrate if stage == spec.stage_names(config)[-1] else None
     writer = MetricWriter(stage_dir, total_steps=total, initial_step=step,
                           wandb_config=config.get("wandb"), run_config=config_json(config),
                           progress=bool(tc.get("progress", True)), desc=stage)
@@ -245,7 +271,16 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
     saved_at = step  # restored from a checkpoint, or 0: nothing to save
 
     def save():
-        nonlocal saved_at
+        nonlocal saved_at, calibrate
+        if calibrate is not None:
+            model = nnx.merge(graphdef, state.ema if state.ema is not None else state.params,
+                              state.frozen, state.rest, copy=True)
+            result = calibrate(config, pipeline, model)
+            if result is not None:
+                assets["calibration"] = result
+                log.info("calibration saved with the checkpoints: %s",
+                         {k: v for k, v in result.items() if not isinstance(v, (list, dict))})
+            calibrate = None
         checkpoints.save(manager, step, params=ts.inference_params(state, graphdef),
                          train_state=state, iterator=iterator, assets=assets, force=True)
         saved_at = step
@@ -268,9 +303,11 @@ def _run_stage(config, stage, stage_dir, workdir, pipeline, mesh, manager, total
             batch = mesh_batches.put_on_mesh(ts.host_batch(iterator.next_local()), mesh)
             state, metrics = step_fn(rng, state, batch)
             step += 1
-            if reinit_fn is not None and step % reinit_every == 0:
-                state, reinit_metrics = reinit_fn(rng, state)
-                metrics = dict(metrics, **{f"reinit/{k}": v for k, v in reinit_metrics.items()})
+            for hook, hook_fn in hooks:
+                if step % hook.every == 0:
+                    state, hook_metrics = hook_fn(rng, state)
+                    metrics = dict(metrics, **{f"{hook.name}/{k}": v
+                                               for k, v in hook_metrics.items()})
             pending.append(metrics)
             writer.advance()
             if step % log_every == 0 or step == total or step == first_step:

@@ -1,8 +1,8 @@
 """ε (keypose trigger threshold) and the per-skill step cap, calibrated on training data.
 
-Computed once per workdir from the training datasets and saved as
-`W/calibration.json` (an asset next to the checkpoints), so every evaluation uses the
-same numbers and inference never reads the dataset.
+Computed once, at the end of training, from the training datasets and saved in the
+checkpoints' assets (`assets["calibration"]`), so every evaluation uses the same numbers
+and inference never reads the dataset.
 
 Rule. For every training step t in segment s, d_t = ||n(action_abs_t) - n(keypose_s)||
 with n the action_abs normalisation saved in the checkpoint (exactly what the
@@ -24,8 +24,8 @@ fire rate 2.7%, every segment end hit.
 
 Why from the dataset rather than from the statistics: the statistics hold per-field
 spreads, not how far a segment's actions sit from its keypose, which is what ε
-separates. Reading the dataset needs TensorFlow, so `ensure_calibration` runs it in a
-spawned process: the evaluation process (and its render workers) never imports it.
+separates. Reading the dataset needs TensorFlow, which the trainer has anyway: the
+evaluation process (and its render workers) never imports it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 log = logging.getLogger(__name__)
-FILENAME = "calibration.json"
+LEGACY_FILENAME = "calibration.json"  # before it moved into the assets
 # Used, with a warning, when a workdir has no calibration (e.g. its dataset is gone):
 # about two steps of full-speed MetaWorld hand motion in mean/std-normalised units.
 FALLBACK = {"epsilon": 0.25, "max_skill_steps": 200}
@@ -86,17 +86,10 @@ def epsilon_from_episodes(episodes: Iterable[Mapping[str, np.ndarray]],
     }
 
 
-def read_calibration(workdir: str) -> dict | None:
-    path = os.path.join(workdir, FILENAME)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _compute(workdir: str, dataset_dirs: list[str], config_json: dict, statistics: list,
-             split: str) -> dict:
-    """In a process allowed to import TensorFlow: read the datasets, apply the rule."""
+def compute_calibration(dataset_dirs: list[str], config_json: dict, statistics: list,
+                        split: str) -> dict:
+    """The rule over the training datasets (reads them: TensorFlow). The trainer calls
+    it at the end of training and saves the result in the checkpoints' assets."""
     import ml_collections
 
     from atomskill_jax.data import sources  # first: keeps TensorFlow off GPUs
@@ -125,32 +118,15 @@ def _compute(workdir: str, dataset_dirs: list[str], config_json: dict, statistic
     # Several datasets: the most conservative of each (smallest ε, longest cap).
     out = dict(min(results, key=lambda r: r["epsilon"]))
     out["max_skill_steps"] = max(r["max_skill_steps"] for r in results)
-    out["datasets"] = dataset_dirs
+    out["datasets"] = list(dataset_dirs)
     out["per_dataset"] = results
-    tmp = os.path.join(workdir, f"{FILENAME}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, FILENAME))
-    return out
+    return json.loads(json.dumps(out))  # plain JSON types, as read back from the assets
 
 
-def ensure_calibration(workdir: str, assets: dict | None = None, *,
-                       split: str = "train") -> dict:
-    """W/calibration.json, computed (in a spawned process) if missing."""
-    existing = read_calibration(workdir)
-    if existing is not None:
-        return existing
-    if assets is None:
-        from atomskill_jax.policies.loading import read_workdir_assets
-
-        assets = read_workdir_assets(workdir)[0]
-    import concurrent.futures
-    import multiprocessing
-
-    with concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        result = pool.submit(_compute, workdir, list(assets["datasets"]), assets["config"],
-                             assets["statistics"], split).result()
-    log.info("calibrated epsilon=%.4f (max_skill_steps=%d) from %s", result["epsilon"],
-             result["max_skill_steps"], assets["datasets"])
-    return result
+def read_legacy_calibration(workdir: str) -> dict | None:
+    """W/calibration.json of workdirs trained before calibration moved into the assets."""
+    path = os.path.join(workdir, LEGACY_FILENAME)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

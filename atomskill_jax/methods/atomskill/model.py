@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from atomskill_jax.data import fake_batches
 from atomskill_jax.models.action_decoder import ActionDecoder, action_l1, keypose_l1
 from atomskill_jax.models.contrastive import contrastive_loss
 from atomskill_jax.models.diffusion import SkillSampler, codebook_standardisation
@@ -171,49 +172,17 @@ class AtomSkill(nnx.Module):
 def fake_batch(config, batch_size: int, *, action_dim: int | None = None,
                proprio_dim: int | None = None, state_dim: int | None = None, cameras=None,
                image_size=None, seed: int = 0) -> dict:
-    """A numpy batch with the input pipeline's structure (dims default to `config`'s).
-
-    Pairs of examples share a skill segment (same uid, label and resampled actions),
-    and the last quarter of the batch has chunks running past the episode end.
-    """
-    action_dim = config.action_dim if action_dim is None else action_dim
-    proprio_dim = config.proprio_dim if proprio_dim is None else proprio_dim
-    state_dim = config.state_dim if state_dim is None else state_dim
-    cameras = tuple(config.cameras if cameras is None else cameras)
-    image_size = tuple(config.image_size if image_size is None else image_size)
-    horizon, length = int(config.horizon), int(config.skill_length)
-    rng = np.random.default_rng(seed)
-    b = batch_size
-    segment = np.arange(b) // 2
-    num_segments = int(segment.max()) + 1
-    observation = {"proprio": rng.normal(size=(b, proprio_dim)).astype(np.float32)}
-    if state_dim:
-        observation["state"] = rng.normal(size=(b, state_dim)).astype(np.float32)
-    for cam in cameras:
-        observation[f"image_{cam}"] = rng.integers(0, 256, (b, *image_size, 3), dtype=np.uint8)
-    valid_steps = np.where(np.arange(b) >= b - b // 4, horizon // 2, horizon)
-    mask = np.arange(horizon)[None, :] < valid_steps[:, None]
-    segment_actions = rng.normal(size=(num_segments, length, action_dim)).astype(np.float32)
-    starts = (segment * 10).astype(np.int32)
-    lengths = np.full(b, 10, np.int32)
-    return {
-        "observation": observation,
-        "language_embedding": rng.normal(size=(b, config.language_dim)).astype(np.float32),
-        "action_chunk": rng.normal(size=(b, horizon, action_dim)).astype(np.float32),
-        "action_chunk_mask": mask,
-        "skill": {
-            "actions": segment_actions[segment],
-            "length": lengths,
-            "start": starts,
-            "end": starts + lengths - 1,
-            "label_id": (segment % int(config.num_skill_labels)).astype(np.int32),
-            "uid": segment.astype(np.int64),
-        },
-        "keypose": rng.normal(size=(b, action_dim)).astype(np.float32),
-        "timestep": (starts + np.arange(b) % 2).astype(np.int32),
-        "episode_length": np.full(b, 10 * num_segments, np.int32),
-        "dataset_index": np.zeros(b, np.int32),
-    }
+    """A numpy batch with the input pipeline's structure (dims default to the model
+    config's; see data/fake_batches.py)."""
+    return fake_batches.default_example_batch(
+        batch_size, action_dim=config.action_dim if action_dim is None else action_dim,
+        proprio_dim=config.proprio_dim if proprio_dim is None else proprio_dim,
+        state_dim=config.state_dim if state_dim is None else state_dim,
+        language_dim=int(config.language_dim),
+        cameras=tuple(config.cameras if cameras is None else cameras),
+        image_size=tuple(config.image_size if image_size is None else image_size),
+        horizon=int(config.horizon), skill_length=int(config.skill_length),
+        num_labels=int(config.num_skill_labels), seed=seed)
 
 
 __all__ = ["AtomSkill", "CodebookState", "STAGES", "fake_batch", "trainable_filter"]

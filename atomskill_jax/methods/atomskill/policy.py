@@ -250,3 +250,44 @@ class AtomSkillPolicy(Policy):
     def skill_counts(self) -> dict[str, np.ndarray]:
         """Per environment since reset: skills started and skills ended by the cap."""
         return {"skills": self._trigger.switches.copy(), "capped": self._trigger.capped.copy()}
+
+
+def policy_from_assets(model, assets: dict, options: dict) -> AtomSkillPolicy:
+    """The contract's `make_policy`: `options` are `RuntimeOptions` fields (epsilon,
+    requery_every, ensemble_m, ...). ε and the step cap come from the option, else the
+    checkpoint's calibration (assets), else `calibration.FALLBACK` with a warning."""
+    import logging
+
+    import ml_collections
+
+    from atomskill_jax.data.normalization import normalizer_from_config
+    from atomskill_jax.data.statistics import DatasetStatistics
+    from atomskill_jax.methods.atomskill import calibration
+    from atomskill_jax.policies import adapters
+
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RuntimeOptions)})
+    if unknown:
+        raise ValueError(f"AtomSkill policy: unknown runtime options {unknown} (known: "
+                         f"{[f.name for f in dataclasses.fields(RuntimeOptions)]})")
+    options = RuntimeOptions(**options)
+    config = ml_collections.ConfigDict(assets["config"])
+    source = assets.get("source", "the checkpoint's assets")
+    stats = [DatasetStatistics.from_json(s, source=source) for s in assets["statistics"]]
+    normalizer = normalizer_from_config(config.data, stats)
+    skills = bool(config.model.decoder.skill_conditioning)
+    calib = assets.get("calibration")
+    if calib is None and assets.get("workdir"):
+        calib = calibration.read_legacy_calibration(assets["workdir"])
+    if calib is None and skills and (options.epsilon is None or options.max_skill_steps is None):
+        logging.getLogger(__name__).warning(
+            "%s holds no calibration (trained before it was saved with the checkpoints); "
+            "using epsilon=%s, max_skill_steps=%s", source, calibration.FALLBACK["epsilon"],
+            calibration.FALLBACK["max_skill_steps"])
+    calib = calib or calibration.FALLBACK
+    epsilon = options.epsilon if options.epsilon is not None else calib["epsilon"]
+    cap = options.max_skill_steps if options.max_skill_steps is not None else (
+        calib["max_skill_steps"])
+    adapter = adapters.adapter_for(options.embodiment, config.data.action_space,
+                                   assets.get("datasets", ()))
+    return AtomSkillPolicy(model, config, normalizer, adapter, options, epsilon=epsilon,
+                           max_skill_steps=cap)

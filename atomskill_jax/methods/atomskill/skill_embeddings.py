@@ -86,7 +86,12 @@ def check_skill_workdir(workdir: str, step: int | None = None):
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"workdir {workdir} does not exist")
     try:
-        assets, directory, step = read_workdir_assets(workdir, step)
+        from atomskill_jax.training import workdir as workdir_layout
+
+        # The skill model is in both stages' checkpoints: a run stopped after the skill
+        # stage has one too.
+        stage = "sampler" if workdir_layout.has_checkpoints(workdir, "sampler") else "skill"
+        assets, directory, step = read_workdir_assets(workdir, step, stage=stage)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{workdir}: no skill model checkpoint to plot ({err})") from None
     model_config = assets["config"]["model"]

@@ -4,8 +4,8 @@ Normalised proprio, state and the instruction's sentence embedding (one vector p
 task: as informative as a task one-hot) are concatenated and mapped by an MLP
 straight to a whole action chunk [H, A]. No images, no skills, no keypose: it exists
 so every method in a results table is trained on the same data, normalised the same
-way and evaluated by the same runtime (`policies/atomskill_policy.py` treats it like
-the ACT-like baseline: `decoder.skill_conditioning` is False).
+way and evaluated by the same chunk runtime (`policies/chunk_policy.py`, which runs the
+ACT-like baseline's skill-less path identically).
 
 Config (`configs/mlp.py`): `model.mlp.hidden` (widths of the hidden layers),
 `model.mlp.loss` ("l1" like ACT and AtomSkill, "mse" or "huber"), `model.dropout`.
@@ -43,8 +43,6 @@ def chunk_loss(pred, target, mask, kind: str) -> tuple[jax.Array, dict]:
 
 
 class MLPPolicy(nnx.Module):
-    policy_name = "mlp"  # the runtime's default name in reports
-
     def __init__(self, config, *, rngs: nnx.Rngs):
         if bool(config.decoder.get("skill_conditioning", False)):
             raise ValueError("MLPPolicy has no skill space: set model.decoder.skill_conditioning"
@@ -66,8 +64,6 @@ class MLPPolicy(nnx.Module):
         self.net = MLPStack(n_in, tuple(m.hidden), self.horizon * self.action_dim, rngs=rngs,
                             dtype=self.dtype, dropout_rate=float(config.dropout), out_shard=None)
         self.loss_kind = str(m.loss)
-        self.skill_conditioning = False
-        self.predict_keypose = False
 
     def _chunk(self, observation, language_embedding, *, train=False, rngs=None):
         parts = [jnp.asarray(observation["proprio"], self.dtype)]
@@ -98,3 +94,15 @@ def trainable_filter(stage: str):
     if stage != "skill":
         raise ValueError(f"MLPPolicy trains in stage 'skill' only, got {stage!r}")
     return nnx.Param
+
+
+def fake_batch(config, batch_size: int, seed: int = 0) -> dict:
+    """A numpy batch of the default trajectory transform's structure (the MLP reads
+    observation, language_embedding, action_chunk and its mask)."""
+    from atomskill_jax.data.fake_batches import default_example_batch
+
+    return default_example_batch(
+        batch_size, action_dim=int(config.action_dim), proprio_dim=int(config.proprio_dim),
+        state_dim=int(config.state_dim), language_dim=int(config.language_dim),
+        horizon=int(config.horizon), skill_length=int(config.get("skill_length", 2)),
+        num_labels=int(config.get("num_skill_labels", 1)), seed=seed)

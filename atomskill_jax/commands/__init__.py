@@ -1,0 +1,1 @@
+"""One module per `atomskill` subcommand; cli.py only wires them."""

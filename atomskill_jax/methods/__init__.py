@@ -1,0 +1,1 @@
+"""Methods on one contract (`spec.MethodSpec`); `registry` lists them."""
