@@ -157,3 +157,26 @@ def test_resnet_scene_encoder_tokens():
             nnx.merge(graphdef, st), jax.random.key(0), b, stage=stage, step=jnp.int32(0),
             train=True), state, batch)
         assert loss.shape == ()
+
+
+def test_clip_scene_encoder_is_frozen_in_every_stage():
+    import os
+
+    c = tiny(scene_encoder="clip", clip_dir=os.path.join(os.path.dirname(__file__), "fixtures",
+                                                           "tiny_clip"))
+    c.data.cameras, c.data.image_size = ("corner",), (32, 32)
+    model = SPEC.create(c, nnx.Rngs(0))
+    assert model.stage1.task.scene.num_tokens == 16  # (32 / 8)^2 patches of the fixture
+    clip_paths = {p for p, _ in nnx.to_flat_state(nnx.state(model.clip, nnx.Param))}
+    assert clip_paths
+    for stage in SPEC.stages(c):
+        trained = {p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param,
+                                                                           stage.trainable)))}
+        assert trained and not any(p[0] == "clip" for p in trained), stage.name
+    batch = as_jax(SPEC.fake_batch(c, 2))
+    graphdef, state = nnx.split(model)
+    for stage in ("pretrain", "adapt"):
+        loss, _ = jax.eval_shape(lambda st, b: SPEC.compute_loss(
+            nnx.merge(graphdef, st), jax.random.key(0), b, stage=stage, step=jnp.int32(0),
+            train=True), state, batch)
+        assert loss.shape == ()
