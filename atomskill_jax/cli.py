@@ -94,16 +94,40 @@ def _add_build_data(sub) -> None:
     p.add_argument("--max-steps", type=_positive_int, default=500, help="episode length cap")
     p.add_argument("--post-success-steps", type=int, default=0)
     p.add_argument("--cameras", default="", help="comma-separated cameras, e.g. corner,gripperPOV")
-    p.add_argument("--image-size", type=_image_size, default=(128, 128))
+    p.add_argument("--image-size", type=_image_size, default=None,
+                   help="HxW or N (default: metaworld 128x128; libero_hdf5 the files' own)")
     p.add_argument("--layout-split", choices=("train", "eval"), default="train")
     p.add_argument("--layout-offset", type=int, default=0)
     p.add_argument("--annotator", choices=("rule", "vlm"), default="rule")
     p.add_argument("--annotator-options", default="{}",
                    help="JSON object of annotator options, e.g. '{\"base_url\": ...}'")
+    p.add_argument("--files", help="libero_hdf5: a directory of *_demo.hdf5 files, or "
+                                   "comma-separated files")
     p.add_argument("--overwrite", action="store_true")
 
 
+def _build_libero(args) -> int:
+    if not args.files:
+        print("build-data libero_hdf5: give --files=DIR_OR_FILES", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    from data_builders.libero_hdf5 import libero_hdf5_dataset_builder as lb
+
+    cameras = args.cameras or lb.DEFAULT_CAMERAS
+    try:
+        report = lb.build_libero(args.files, args.out, cameras=cameras, image_size=args.image_size,
+                                 overwrite=args.overwrite, annotator=args.annotator,
+                                 annotator_options=json.loads(args.annotator_options))
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"build-data libero_hdf5: {err}", file=sys.stderr)
+        return 2
+    _print_report(report["dataset_dir"], report)
+    return 0
+
+
 def _cmd_build_data(args) -> int:
+    if args.source == "libero_hdf5":
+        return _build_libero(args)
     if args.source != "metaworld":
         print(f"build-data {args.source}: not yet available (a later issue adds this builder)",
               file=sys.stderr)
@@ -129,7 +153,8 @@ def _cmd_build_data(args) -> int:
         episodes_per_task=args.episodes_per_task, seed=args.seed,
         action_noise_std=args.action_noise, only_successful=not args.keep_failed,
         max_steps=args.max_steps, post_success_steps=args.post_success_steps,
-        cameras=cameras, image_size=args.image_size, layout_split=args.layout_split,
+        cameras=cameras, image_size=args.image_size or (128, 128),
+        layout_split=args.layout_split,
         layout_offset=args.layout_offset, annotator=args.annotator,
         annotator_options=json.loads(args.annotator_options))
     _print_report(dataset_dir, report)
