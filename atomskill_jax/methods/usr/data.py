@@ -92,7 +92,7 @@ def observation_shapes(config) -> dict:
     """{observation key: (shape, dtype name)} of one frame."""
     m = config.model
     shapes = {}
-    if int(m.state_dim) > 0:
+    if bool(config.data.use_state) and int(m.state_dim) > 0:
         shapes["state"] = ((int(m.state_dim),), "float32")
     shapes["proprio"] = ((int(m.proprio_dim),), "float32")
     for cam in tuple(config.data.cameras):
