@@ -116,8 +116,7 @@ def _cpu(c):
 
 def _tiny(c):
     d, m = c.data, c.model
-    _metaworld_dims(m)
-    m.language_dim = 8
+    _metaworld_dims(m)  # the MetaWorld test fixture's (language: 384-d MiniLM)
     d.use_state, d.cameras = True, ()
     d.batch_size, d.horizon = 8, 4
     d.episode_shuffle_buffer, d.example_shuffle_buffer = 4, 64
