@@ -1,55 +1,105 @@
-"""Task-aware fusion (eq. 2, models/task_fusion.py): shapes, a learnable τ, a hand check."""
+"""TaskAwareFusion (models/task_fusion.py): eq. 2 by hand, shapes, learnable temperature."""
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from atomskill_jax.models.task_fusion import TaskAwareFusion
 
-
-def _fusion(**kw):
-    return TaskAwareFusion(6, 5, 4, num_queries=3, max_scene_tokens=7, rngs=nnx.Rngs(0), **kw)
+E, C, DIM, Q, NMAX = 6, 5, 8, 3, 7
 
 
-def test_shapes_for_a_sentence_embedding_and_for_text_tokens():
-    f = _fusion()
-    scene = jnp.ones((2, 7, 5))
-    assert f(jnp.ones((2, 6)), scene).shape == (2, 3, 4)
-    assert f(jnp.ones((2, 5, 6)), scene[:, :4]).shape == (2, 3, 4)
+def make(**kw):
+    return TaskAwareFusion(E, C, DIM, num_queries=Q, max_scene_tokens=NMAX, rngs=nnx.Rngs(0), **kw)
 
 
-def test_matches_equation_2_by_hand():
-    f = _fusion(init_temperature=0.5)
-    r = np.random.default_rng(0)
-    lang, scene = r.normal(size=(1, 6)).astype(np.float32), r.normal(size=(1, 4, 5)).astype(np.float32)
-    wl, bl = np.asarray(f.lang_proj.kernel[...]), np.asarray(f.lang_proj.bias[...])
-    ws, bs = np.asarray(f.scene_proj.kernel[...]), np.asarray(f.scene_proj.bias[...])
-    q = (lang @ wl + bl)[:, None] + np.asarray(f.query_offsets[...])[None]
-    v = scene @ ws + bs
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    v /= np.linalg.norm(v, axis=-1, keepdims=True)
-    logits = np.einsum("bqd,bnd->bqn", q, v) / 0.5
-    attn = np.exp(logits - logits.max(-1, keepdims=True))
-    attn /= attn.sum(-1, keepdims=True)
-    expected = np.einsum("bqn,bnd->bqd", attn, v + np.asarray(f.positions[...])[None, :4])
-    np.testing.assert_allclose(f(lang, scene), expected, rtol=1e-4, atol=1e-5)
+def linear(layer, x):
+    return x @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
 
 
-def test_temperature_is_learned():
-    f = _fusion()
+def normalise(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def reference(f, language, scene):
+    """Eq. 2 in numpy from the module's own parameters."""
+    lang = np.asarray(language, np.float64)
+    if lang.ndim == 2:
+        queries = linear(f.lang_proj, lang)[:, None] + np.asarray(f.query_offsets[...])[None]
+    else:
+        queries = linear(f.lang_proj, lang[:, :Q])
+    l_hat = normalise(queries)
+    v_hat = normalise(linear(f.scene_proj, np.asarray(scene, np.float64)))
+    tau = math.exp(float(f.log_temperature[...]))
+    logits = np.einsum("bqd,bnd->bqn", l_hat, v_hat) / tau
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    pe = np.asarray(f.pos_embedding[...])[: scene.shape[1]]
+    return np.einsum("bqn,bnd->bqd", w, v_hat + pe[None])
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_matches_equation_2_by_hand(tokens):
+    f = make(init_temperature=0.2)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    language = jax.random.normal(k1, (2, 4, E) if tokens else (2, E))
+    scene = jax.random.normal(k2, (2, 5, C))
+    out = np.asarray(f(language, scene))
+    assert out.shape == (2, Q, DIM)
+    np.testing.assert_allclose(out, reference(f, language, scene), rtol=1e-4, atol=1e-5)
+    # Several distinct fused tokens per frame, also from one sentence embedding.
+    assert np.abs(out[:, 0] - out[:, 1]).max() > 1e-3
+
+
+def test_shapes_and_refusals():
+    f = make()
+    scene = jnp.ones((3, NMAX, C))
+    assert f(jnp.ones((3, E)), scene).shape == (3, Q, DIM)
+    assert f(jnp.ones((3, 10, E)), scene[:, :2]).shape == (3, Q, DIM)
+    with pytest.raises(ValueError, match="max_scene_tokens"):
+        f(jnp.ones((3, E)), jnp.ones((3, NMAX + 1, C)))
+    with pytest.raises(ValueError, match="num_queries"):
+        f(jnp.ones((3, Q - 1, E)), scene)
+    with pytest.raises(ValueError, match="lang_dim"):
+        f(jnp.ones((3, E + 1)), scene)
+
+
+def test_zero_scene_token_has_finite_gradients():
+    f = make()
+    f.scene_proj.bias[...] = jnp.zeros((DIM,))
     graphdef, params = nnx.split(f, nnx.Param)
-    lang, scene = jnp.ones((2, 6)), jax.random.normal(jax.random.PRNGKey(1), (2, 7, 5))
-    target = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 4))
+    scene = jnp.zeros((1, 2, C)).at[0, 0].set(1.0)  # token 1 projects to exactly 0
+    g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(jnp.ones((1, E)), scene)))(params)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
 
-    def loss(params):
-        return jnp.mean((nnx.merge(graphdef, params)(lang, scene) - target) ** 2)
 
-    grads = jax.grad(loss)(params)
-    assert abs(float(grads["log_tau"][...])) > 0
-    tx = optax.sgd(0.1)
-    before = float(f.temperature)
-    updates, _ = tx.update(grads, tx.init(params))
-    f2 = nnx.merge(graphdef, optax.apply_updates(params, updates))
-    assert float(f2.temperature) != before
+def test_temperature_is_a_param_that_learns():
+    f = make()
+    assert isinstance(f.log_temperature, nnx.Param)
+    np.testing.assert_allclose(f.temperature, 0.07, rtol=1e-6)
+    graphdef, params = nnx.split(f, nnx.Param)
+    language = jax.random.normal(jax.random.key(2), (4, E))
+    scene = jax.random.normal(jax.random.key(3), (4, 6, C))
+    target = jax.random.normal(jax.random.key(4), (4, Q, DIM))
+
+    def loss(p):
+        return jnp.mean((nnx.merge(graphdef, p)(language, scene) - target) ** 2)
+
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+    grads = jax.jit(jax.grad(loss))(params)
+    assert abs(float(grads["log_temperature"][...])) > 0
+    updates, opt = tx.update(grads, opt, params)
+    new = optax.apply_updates(params, updates)
+    model = nnx.merge(graphdef, new)
+    assert abs(float(model.temperature) - 0.07) > 1e-4
+    # Clipped to a sane range however far log τ moves.
+    model.log_temperature[...] = jnp.asarray(10.0)
+    assert float(model.temperature) == pytest.approx(1.0)
+    model.log_temperature[...] = jnp.asarray(-10.0)
+    assert float(model.temperature) == pytest.approx(0.01)
