@@ -17,7 +17,7 @@ def episode(T=7):
     return {"action": np.stack([t, -t, t, t], 1), "action_abs": np.stack([t] * 4, 1),
             "keypose": np.zeros((T, 4), np.float32), "skill_segment": np.zeros(T, np.int32),
             "skill_label_id": np.zeros(T, np.int32),
-            "language_embedding": np.ones((T, 8), np.float32),
+            "language_embedding": np.ones((T, 384), np.float32),
             "observation": {"state": state, "proprio": state[:, :4].copy()},
             "episode_index": np.int64(3)}
 
