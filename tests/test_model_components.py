@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atomskill_jax.models import contrastive, vector_quantizer as vq
-from atomskill_jax.models.action_decoder import action_l1, keypose_l1
+from atomskill_jax.methods.atomskill import contrastive
+from atomskill_jax.models import vector_quantizer as vq
+from atomskill_jax.models.chunk_losses import action_l1, keypose_l1
 from atomskill_jax.methods.atomskill.config import tiny_model_config
 from atomskill_jax.models.diffusion import beta_schedule, ddim_timesteps
 

@@ -62,7 +62,7 @@ def test_a_batch_larger_than_the_buffer_keeps_its_last_rows():
 
 
 # -- contrastive ----------------------------------------------------------------------
-from atomskill_jax.models import contrastive  # noqa: E402
+from atomskill_jax.methods.atomskill import contrastive  # noqa: E402
 
 
 def test_small_embeddings_are_normalised_too():

@@ -69,7 +69,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         # probability, so ψ stays usable with imperfectly sampled skills (not in the paper;
         # see AtomSkill._corrupt_tokens). 0 = the paper.
         "skill_token_corruption": 0.0,
-        # Inference default (policies/atomskill_policy.py): temporal ensembling of the
+        # Inference default (methods/atomskill/policy.py): temporal ensembling of the
         # overlapping chunks of the current skill, weights exp(m * age) (ACT's m = 0.01);
         # None = off (each step executes the newest chunk's action; the paper).
         "ensemble_m": None,
@@ -95,7 +95,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         # diffusion.py. Clipped at max_skill_step.
         "condition_on_skill_step": True,
         "max_skill_step": 64,
-        # Inference default (policies/atomskill_policy.py): re-sample the current skill
+        # Inference default (methods/atomskill/policy.py): re-sample the current skill
         # every this many steps; 0 = hold it until the keypose trigger (the paper).
         "resample_every": 0,
         # DDIM's x0 estimate is clipped to ±this (targets are standardised code vectors):

@@ -22,11 +22,12 @@ import numpy as np
 from flax import nnx
 
 from atomskill_jax.data import fake_batches
-from atomskill_jax.models.action_decoder import ActionDecoder, action_l1, keypose_l1
-from atomskill_jax.models.contrastive import contrastive_loss
+from atomskill_jax.methods.atomskill.action_decoder import ActionDecoder
+from atomskill_jax.models.chunk_losses import action_l1, keypose_l1
+from atomskill_jax.methods.atomskill.contrastive import contrastive_loss
 from atomskill_jax.models.diffusion import SkillSampler, codebook_standardisation
 from atomskill_jax.models.obs_encoders import ObservationEncoder
-from atomskill_jax.models.skill_encoder import SkillEncoder
+from atomskill_jax.methods.atomskill.skill_encoder import SkillEncoder
 from atomskill_jax.models.vector_quantizer import CodebookState, VectorQuantizer
 
 STAGES = ("skill", "sampler")

@@ -117,9 +117,7 @@ class AtomSkillPolicy(Policy):
         self.use_state = int(m.state_dim) > 0
         keys = (("state",) if self.use_state else ()) + ("proprio",) + tuple(
             f"image_{c}" for c in self.cameras) + ("language_embedding",)
-        # Other model factories (models/mlp_policy.py) name themselves.
-        default_name = getattr(model, "policy_name", None) or (
-            "atomskill" if self.skills else "act_like")
+        default_name = "atomskill" if self.skills else "act_like"
         self.spec = PolicySpec(name=options.name or default_name,
                                action_space=config.data.action_space, action_dim=self.action_dim,
                                observation_keys=keys, image_size=tuple(config.data.image_size))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from atomskill_jax.models.action_decoder import action_l1
+from atomskill_jax.models.chunk_losses import action_l1
 from atomskill_jax.models.layers import MLPStack, compute_dtype
 
 LOSSES = ("l1", "mse", "huber")
