@@ -63,13 +63,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="reproduce a table of the AtomSkill paper: data, "
                                          "training, evaluation, table")
     p.add_argument("table", help="table1 (AtomSkill vs ACT-like), table4 (contrastive "
-                                 "ablation), table5 (keypose ablation)")
+                                 "ablation), table5 (keypose ablation), usr_table1 (USR "
+                                 "few-shot protocol: eval/reproduce_usr.py)")
     p.add_argument("--out", required=True, help="directory of the data, runs and table")
     p.add_argument("--config", default=None,
                    help="configs/FILE.py:VARIANT (default: configs/atomskill.py:cpu)")
     p.add_argument("--train-seeds", type=int, default=1,
                    help="training runs per variant (seeds 0..N-1)")
-    p.add_argument("--eval-seeds", default="0,1,2", help="comma-separated evaluation seeds")
+    p.add_argument("--eval-seeds", "--seeds", dest="eval_seeds", default="0,1,2",
+                   help="comma-separated evaluation seeds")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task and eval seed")
     p.add_argument("--data", default=None,
                    help="an existing data root holding metaworld_scripted/rlbench6 (as built "
@@ -90,6 +92,9 @@ def add_parser(sub) -> None:
                         "0: in the eval process)")
     p.add_argument("--print-commands", action="store_true",
                    help="print every `atomskill` command of the table and exit")
+    from atomskill_jax.eval import reproduce_usr  # stdlib only at import
+
+    reproduce_usr.add_arguments(p)
 
 
 # -- the plan ------------------------------------------------------------------------
@@ -113,7 +118,8 @@ def plan(args) -> dict:
     tables_mod, tables_path = load_tables()
     if args.table not in tables_mod.TABLES:
         raise ValueError(f"unknown table {args.table!r}; expected one of: " + "; ".join(
-            f"{name} ({t['title']})" for name, t in tables_mod.TABLES.items()))
+            f"{name} ({t['title']})" for name, t in {**tables_mod.TABLES,
+                                                     **tables_mod.OTHER_TABLES}.items()))
     if args.train_seeds < 1 or args.episodes < 1:
         raise ValueError("--train-seeds and --episodes must be >= 1")
     eval_seeds = [int(s) for s in args.eval_seeds.split(",") if s.strip()]
@@ -198,9 +204,12 @@ def _steps(directory: str) -> list[int]:
 
 
 def checkpoint_steps(workdir: str) -> dict[str, int]:
-    """{stage: latest complete checkpoint step} (orbax writes steps under tmp names first)."""
+    """{stage: latest complete checkpoint step} (orbax writes steps under tmp names first),
+    for every stage of the workdir (AtomSkill's skill/sampler, USR's pretrain/adapt, ...)."""
+    from atomskill_jax.training import workdir as workdir_layout
+
     out = {}
-    for stage in ("skill", "sampler"):
+    for stage in workdir_layout.stages_with_checkpoints(workdir):
         steps = _steps(os.path.join(workdir, stage, "checkpoints"))
         if steps:
             out[stage] = steps[-1]
@@ -236,10 +245,10 @@ def _mark_trained(run: dict) -> None:
         json.dump(marker, f, indent=1)
 
 
-def find_report(run: dict, p: dict) -> str | None:
+def find_report(run: dict, p: dict, step: int | None = None) -> str | None:
     """The newest report under W/eval/ made with this table's evaluation settings at the
-    run's latest checkpoint, or None."""
-    step = latest_step(run["workdir"])
+    run's latest checkpoint (or at `step`), or None."""
+    step = latest_step(run["workdir"]) if step is None else step
     found = []
     for path in glob.glob(os.path.join(run["workdir"], "eval", "*", "report.json")):
         try:
@@ -351,6 +360,10 @@ def write_table(p: dict, report_dirs: dict[str, str]) -> dict[str, str]:
 
 
 def run(args) -> int:
+    from atomskill_jax.eval import reproduce_usr
+
+    if args.table == reproduce_usr.TABLE:  # its own protocol: four configs, a sweep over k
+        return reproduce_usr.run(args)
     p = plan(args)
     argv = getattr(args, "argv", None) or [args.table, f"--out={args.out}"]
     rerun = _command(["reproduce", *[a for a in argv if a not in ("reproduce", "--print-commands")]])
@@ -396,5 +409,9 @@ def run(args) -> int:
     return 0
 
 
+# Public for the other protocols' modules (reproduce_usr.py).
+Stages, command_line, mark_trained = _Stages, _command, _mark_trained
+
 __all__ = ["add_parser", "run", "plan", "load_tables", "find_report", "trained",
-           "checkpoint_steps", "latest_step", "write_table", "merged_report"]
+           "Stages", "command_line", "mark_trained", "checkpoint_steps", "latest_step",
+           "write_table", "merged_report"]

@@ -45,6 +45,12 @@ TABLES = {
                "variants": ("full", "no_keypose")},
 }
 
+# Tables of other protocols, each run by its own module (not variants of ABLATIONS).
+OTHER_TABLES = {
+    "usr_table1": {"title": "USR Table 1: few-shot adaptation on MetaWorld ML45 "
+                            "(atomskill_jax/eval/reproduce_usr.py, configs/sweeps/usr_shots.py)"},
+}
+
 for _name, _table in TABLES.items():  # a typo here fails at import, not after hours of training
     for _variant in _table["variants"]:
         if _variant not in ABLATIONS or _variant not in DESCRIPTIONS:
