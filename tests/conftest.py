@@ -10,6 +10,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-data-dir")  # never download
+# Compile time dominates the tiny models of the tests: cheaper XLA optimisation in this
+# process too, as in every child (tests.tiny_model.child_env); numerics stay IEEE float32.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                           " --xla_llvm_disable_expensive_passes=true").strip()
 
 import jax  # noqa: E402
 

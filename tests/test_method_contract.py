@@ -37,7 +37,7 @@ def _config(name: str, overrides: dict, dataset: str):
 @pytest.mark.parametrize("name,overrides", VARIANTS,
                          ids=[n + ("-no_skills" if o else "") for n, o in VARIANTS])
 def test_method_trains_every_stage_reloads_and_infers(name, overrides, metaworld_rlds_dir,
-                                                      tmp_path):
+                                                      tiny_trained_workdir, tmp_path):
     from atomskill_jax.envs import metaworld as mw
     from atomskill_jax.policies.base import Policy, TaskInfo
     from atomskill_jax.policies.loading import load_policy, read_workdir_assets
@@ -47,19 +47,28 @@ def test_method_trains_every_stage_reloads_and_infers(name, overrides, metaworld
     spec = registry.get_spec(config)
     stages = spec.stage_names(config)
     assert spec.name == name and stages
-    results = trainer.train(config, str(tmp_path))
-    assert list(results) == stages and all(r["step"] == 1 for r in results.values())
+    if name == "atomskill" and not overrides:
+        # The session's tiny AtomSkill (tests/conftest.py) went through the same trainer,
+        # two steps per stage: train nothing twice.
+        workdir, steps = tiny_trained_workdir, 2
+    else:
+        workdir, steps = str(tmp_path), 1
+        results = trainer.train(config, workdir)
+        assert list(results) == stages and all(r["step"] == 1 for r in results.values())
     for stage in stages:
-        assert os.path.isdir(tmp_path / stage / "checkpoints" / "1")
+        assert os.path.isdir(os.path.join(workdir, stage, "checkpoints", str(steps)))
 
-    assets = read_workdir_assets(str(tmp_path))[0]
+    assets = read_workdir_assets(workdir)[0]
     assert assets["method"] == name and assets["stage"] == stages[-1]
     resolved = ml_collections.ConfigDict(assets["config"])
     if spec.calibrate is not None and assets.get("calibration") is not None:
         assert assets["calibration"]["epsilon"] > 0  # saved at the end of training
 
-    policy = load_policy(str(tmp_path))
-    assert isinstance(policy, Policy) and policy.checkpoint_step == 1
+    if name == "mlp":  # options a method does not take are refused, None means default
+        with pytest.raises(ValueError, match=r"unknown runtime options \['epsilon'\]"):
+            load_policy(workdir, epsilon=0.1)
+    policy = load_policy(workdir, epsilon=None)
+    assert isinstance(policy, Policy) and policy.checkpoint_step == steps
     b = 2
     policy.reset([TaskInfo("pick-place", "pick", mw.layout_id("eval", i), 0, i)
                   for i in range(b)])

@@ -71,29 +71,3 @@ def test_mlp_refuses_what_it_cannot_do(override, message):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="configs/mlp.py"):
         mlp_configs.get_config("paper")
-
-
-def test_trained_mlp_workdir_runs_in_the_policy_runtime(metaworld_rlds_dir, tmp_path):
-    from atomskill_jax.envs import metaworld as mw
-    from atomskill_jax.policies.base import TaskInfo
-    from atomskill_jax.policies.loading import load_policy
-    from atomskill_jax.training import trainer
-
-    config = mlp_configs.get_config("tiny")
-    config.data.datasets = ({"name": str(metaworld_rlds_dir), "weight": 1.0},)
-    config.train.update(skill_steps=2, checkpoint_every=2)
-    results = trainer.train(config, str(tmp_path))
-    assert list(results) == ["skill"] and results["skill"]["step"] == 2
-    with pytest.raises(ValueError, match=r"unknown runtime options \['epsilon'\]"):
-        load_policy(str(tmp_path), epsilon=0.1)  # the floor has no keypose trigger
-    policy = load_policy(str(tmp_path), epsilon=None, requery_every=1)  # None: the default
-    from atomskill_jax.policies.chunk_policy import ChunkPolicy
-
-    assert policy.spec.name == "mlp" and isinstance(policy, ChunkPolicy)
-    policy.reset([TaskInfo("pick-place", "pick", mw.layout_id("eval", i), 0, i) for i in range(2)])
-    r = np.random.default_rng(0)
-    obs = {"state": r.normal(size=(2, 39)).astype(np.float32),
-           "proprio": r.normal(size=(2, 4)).astype(np.float32),
-           "language_embedding": r.normal(size=(2, 384)).astype(np.float32)}
-    actions = np.stack([policy.infer(obs) for _ in range(3)])
-    assert actions.shape == (3, 2, 4) and np.isfinite(actions).all()
