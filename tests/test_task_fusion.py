@@ -13,6 +13,8 @@ from atomskill_jax.models.task_fusion import TaskAwareFusion
 
 E, C, DIM, Q, NMAX = 6, 5, 8, 3, 7
 
+forward = nnx.jit(lambda f, language, scene: f(language, scene))  # one compile, not per op
+
 
 def make(**kw):
     return TaskAwareFusion(E, C, DIM, num_queries=Q, max_scene_tokens=NMAX, rngs=nnx.Rngs(0), **kw)
@@ -46,10 +48,10 @@ def reference(f, language, scene):
 @pytest.mark.parametrize("tokens", [False, True])
 def test_matches_equation_2_by_hand(tokens):
     f = make(init_temperature=0.2)
-    k1, k2 = jax.random.split(jax.random.key(1))
-    language = jax.random.normal(k1, (2, 4, E) if tokens else (2, E))
-    scene = jax.random.normal(k2, (2, 5, C))
-    out = np.asarray(f(language, scene))
+    rng = np.random.default_rng(1)
+    language = jnp.asarray(rng.standard_normal((2, 4, E) if tokens else (2, E)), jnp.float32)
+    scene = jnp.asarray(rng.standard_normal((2, 5, C)), jnp.float32)
+    out = np.asarray(forward(f, language, scene))
     assert out.shape == (2, Q, DIM)
     np.testing.assert_allclose(out, reference(f, language, scene), rtol=1e-4, atol=1e-5)
     # Several distinct fused tokens per frame, also from one sentence embedding.
@@ -59,8 +61,9 @@ def test_matches_equation_2_by_hand(tokens):
 def test_shapes_and_refusals():
     f = make()
     scene = jnp.ones((3, NMAX, C))
-    assert f(jnp.ones((3, E)), scene).shape == (3, Q, DIM)
-    assert f(jnp.ones((3, 10, E)), scene[:, :2]).shape == (3, Q, DIM)
+    shape = lambda lang, sc: nnx.eval_shape(lambda m: m(lang, sc), f).shape  # noqa: E731
+    assert shape(jnp.ones((3, E)), scene) == (3, Q, DIM)
+    assert shape(jnp.ones((3, 10, E)), scene[:, :2]) == (3, Q, DIM)
     with pytest.raises(ValueError, match="max_scene_tokens"):
         f(jnp.ones((3, E)), jnp.ones((3, NMAX + 1, C)))
     with pytest.raises(ValueError, match="num_queries"):
@@ -74,7 +77,7 @@ def test_zero_scene_token_has_finite_gradients():
     f.scene_proj.bias[...] = jnp.zeros((DIM,))
     graphdef, params = nnx.split(f, nnx.Param)
     scene = jnp.zeros((1, 2, C)).at[0, 0].set(1.0)  # token 1 projects to exactly 0
-    g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(jnp.ones((1, E)), scene)))(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(jnp.ones((1, E)), scene))))(params)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
 
 
@@ -83,9 +86,9 @@ def test_temperature_is_a_param_that_learns():
     assert isinstance(f.log_temperature, nnx.Param)
     np.testing.assert_allclose(f.temperature, 0.07, rtol=1e-6)
     graphdef, params = nnx.split(f, nnx.Param)
-    language = jax.random.normal(jax.random.key(2), (4, E))
-    scene = jax.random.normal(jax.random.key(3), (4, 6, C))
-    target = jax.random.normal(jax.random.key(4), (4, Q, DIM))
+    language = jnp.asarray(np.random.default_rng(2).standard_normal((4, E)), jnp.float32)
+    scene = jnp.asarray(np.random.default_rng(3).standard_normal((4, 6, C)), jnp.float32)
+    target = jnp.asarray(np.random.default_rng(4).standard_normal((4, Q, DIM)), jnp.float32)
 
     def loss(p):
         return jnp.mean((nnx.merge(graphdef, p)(language, scene) - target) ** 2)
@@ -94,8 +97,8 @@ def test_temperature_is_a_param_that_learns():
     opt = tx.init(params)
     grads = jax.jit(jax.grad(loss))(params)
     assert abs(float(grads["log_temperature"][...])) > 0
-    updates, opt = tx.update(grads, opt, params)
-    new = optax.apply_updates(params, updates)
+    updates, opt = jax.jit(tx.update)(grads, opt, params)
+    new = jax.jit(optax.apply_updates)(params, updates)
     model = nnx.merge(graphdef, new)
     assert abs(float(model.temperature) - 0.07) > 1e-4
     # Clipped to a sane range however far log τ moves.
