@@ -95,3 +95,15 @@ class MethodSpec:
 
     def stage_names(self, config) -> list[str]:
         return [s.name for s in self.stages(config)]
+
+
+def low_dim_input_spec(config) -> dict:
+    """{key: (shape, dtype)} of proprio, the instruction embedding and (when the model
+    reads it) the state, from the resolved model config: the low-dimensional inputs
+    the AtomSkill and MLP policies read."""
+    m = config.model
+    spec = {"proprio": ((int(m.proprio_dim),), "float32"),
+            "language_embedding": ((int(m.language_dim),), "float32")}
+    if int(m.state_dim) > 0:
+        spec["state"] = ((int(m.state_dim),), "float32")
+    return spec

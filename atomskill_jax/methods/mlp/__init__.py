@@ -8,7 +8,7 @@ import ml_collections
 from flax import nnx
 
 from atomskill_jax.methods.mlp.model import MLPPolicy, trainable_filter
-from atomskill_jax.methods.spec import MethodSpec, Stage
+from atomskill_jax.methods.spec import MethodSpec, Stage, low_dim_input_spec
 
 
 def create(config, rngs: nnx.Rngs) -> MLPPolicy:
@@ -33,12 +33,7 @@ def fake_batch(config, batch_size: int) -> dict:
 
 
 def input_spec(config) -> dict:
-    m = config.model
-    spec = {"proprio": ((int(m.proprio_dim),), "float32"),
-            "language_embedding": ((int(m.language_dim),), "float32")}
-    if int(m.state_dim) > 0:
-        spec["state"] = ((int(m.state_dim),), "float32")
-    return spec
+    return low_dim_input_spec(config)
 
 
 def make_policy(model, assets: dict, options: dict):
