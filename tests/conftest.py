@@ -28,7 +28,16 @@ def _hermetic_cache(tmp_path_factory):
     os.environ["ATOMSKILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("atomskill_cache"))
     # One JAX compilation cache for every child process of the session (all workers):
     # the tiny models' steps compile once, not once per child (tests.tiny_model.child_env).
-    os.environ["ATOMSKILL_TEST_JAX_CACHE"] = str(_shared_root(tmp_path_factory) / "jax_cache")
+    cache = str(_shared_root(tmp_path_factory) / "jax_cache")
+    os.environ["ATOMSKILL_TEST_JAX_CACHE"] = cache
+    # The workers use it too: the same tiny step compiled in-process by several test files
+    # (or both workers) is compiled once. Reset: a compile during collection would have
+    # fixed the cache as off for this process.
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()
 
 
 def _shared_root(tmp_path_factory) -> pathlib.Path:

@@ -1,12 +1,14 @@
 """The sampler's UNet can pass its input through (what ε-prediction at high noise needs).
 
 Without the full-resolution skip into the output block, every feature had to squeeze
-through the stride-2 path: after 300 Adam steps the identity error was still ~0.73
-(sampled skills were then no better than random codes); with it, 0.32.
+through the stride-2 path: after 300 Adam steps (batch 32, lr 1e-3) the identity error
+was still ~0.73 (sampled skills were then no better than random codes); with it, 0.32.
+The test's shorter schedule (150 steps, batch 8, lr 3e-3) separates the two as clearly:
+0.45 with the skip, 0.85 with the skip's features replaced by zeros.
 """
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -15,7 +17,7 @@ from atomskill_jax.models.unet1d import ConditionalUnet1D
 
 def test_unet_learns_identity_quickly():
     unet = ConditionalUnet1D(32, 48, [32, 64], kernel=5, rngs=nnx.Rngs(0))
-    opt = nnx.Optimizer(unet, optax.adam(1e-3), wrt=nnx.Param)
+    opt = nnx.Optimizer(unet, optax.adam(3e-3), wrt=nnx.Param)
 
     @nnx.jit
     def step(unet, opt, x, cond):
@@ -23,8 +25,10 @@ def test_unet_learns_identity_quickly():
         opt.update(unet, grads)
         return loss
 
-    for i in range(300):
-        x = jax.random.normal(jax.random.key(i), (32, 8, 32))
-        cond = jax.random.normal(jax.random.key(10_000 + i), (32, 48))
+    # numpy data: a fresh jax.random key per step would cost a dispatch of its own
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        x = rng.standard_normal((8, 8, 32), dtype=np.float32)
+        cond = rng.standard_normal((8, 48), dtype=np.float32)
         loss = step(unet, opt, x, cond)
-    assert float(loss) < 0.45  # measured: 0.32 with the skip, 0.73 without
+    assert float(loss) < 0.65  # measured: 0.45 with the skip, 0.85 without

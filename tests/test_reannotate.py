@@ -69,7 +69,9 @@ def test_corrupt_shard_is_reported_and_other_shards_kept(metaworld_rlds_dir, tmp
                 w.write(r)
     damaged = source / f"{prefix}-00001-of-00002"
     data = bytearray(damaged.read_bytes())
-    data[40:60] = b"\x00" * 20  # inside the first record's payload: its CRC fails
+    # Inside the first record's payload: its CRC fails. Bits flipped, not zeroed: these
+    # bytes can already be zeros (the builder's feature order is not fixed).
+    data[40:60] = bytes(b ^ 0xFF for b in data[40:60])
     damaged.write_bytes(bytes(data))
     out_dir, report = rb.reannotate(str(source), str(tmp_path / "out"), annotator="rule")
     assert report["written"] == 2 and report["num_skipped"] == 1

@@ -156,7 +156,8 @@ def test_table1_end_to_end_then_everything_is_reused(metaworld_rlds_dir, tmp_pat
     # Children: cheaper XLA optimisation and a compilation cache (as tests/tiny_model.py).
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                                     "--xla_llvm_disable_expensive_passes=true")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.environ.get(
+        "ATOMSKILL_TEST_JAX_CACHE", str(tmp_path / "jax_cache")))  # the session's (conftest)
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     out = tmp_path / "t1"
     argv = ["reproduce", "table1", f"--out={out}",

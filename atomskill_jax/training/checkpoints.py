@@ -169,8 +169,33 @@ class _ChecksummedManager(ocp.CheckpointManager):
         return saved
 
 
+# Orbax's replica-parallel save cuts each replicated array into one slice per replica,
+# each an eager slice dispatched (and compiled, per shape) before the copy to the host.
+# For the many small arrays of a model that buys no write bandwidth and costs a dispatch
+# per slice: on 8 CPU devices, 12 s of a 20 s save of a tiny model. Arrays whose slice
+# per replica would be smaller than this are written whole by their first replica (what
+# orbax did before replica-parallel saves); the files written are the same either way.
+MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
+_array_handler_registered = False
+
+
+def _register_array_handler() -> None:
+    global _array_handler_registered
+    if not _array_handler_registered:
+        # orbax's own default handler for jax.Array, with the threshold added
+        from orbax.checkpoint._src.metadata.array_metadata_store import Store
+
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(
+                array_metadata_store=Store(),
+                min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
+            override=True)
+        _array_handler_registered = True
+
+
 def make_manager(directory: str, *, keep: int, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
+    _register_array_handler()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep if keep > 0 else None, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save)
