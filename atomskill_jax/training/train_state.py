@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import flax.struct
 import jax
+import jax.extend  # noqa: F401 - jax.extend.core.jaxpr_as_fun
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -95,11 +96,14 @@ def create_train_state(config, stage, tx, mesh: Mesh, *, use_ema: bool | None = 
     stage = resolve_stage(config, stage)  # imports the method now, outside the traces below
     use_ema = stage.ema if use_ema is None else use_ema
 
+    graphdefs = []  # the model's structure, recorded by the trace (static, no arrays)
+
     def init(loaded):
         model = build_model(config, seed)
         if loaded is not None:
             nnx.update(model, loaded)
-        _, params, frozen, rest = split_model(model, stage)
+        graphdef, params, frozen, rest = split_model(model, stage)
+        graphdefs.append(graphdef)
         state = TrainState(step=jnp.zeros((), jnp.int32),
                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                            params=params, frozen=frozen, rest=rest, opt_state=tx.init(params),
@@ -108,14 +112,21 @@ def create_train_state(config, stage, tx, mesh: Mesh, *, use_ema: bool | None = 
         # output types and make the second step compile again.
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
-    abstract_model = nnx.eval_shape(lambda: build_model(config, seed))
-    graphdef = split_model(abstract_model, stage)[0]
-    abstract = jax.eval_shape(init, init_params)
-    shardings = state_shardings(abstract, tx, mesh)
     if abstract_only:
-        return graphdef, with_shardings(abstract, shardings), shardings
-    state = jax.jit(init, out_shardings=shardings)(init_params)
-    return graphdef, state, shardings
+        abstract = jax.eval_shape(init, init_params)
+        shardings = state_shardings(abstract, tx, mesh)
+        return graphdefs[0], with_shardings(abstract, shardings), shardings
+    # The model's construction is traced once (it dominates start-up: ~1 s of Python per
+    # build for even the tiny models): its jaxpr gives the shapes that decide the
+    # shardings, and is then compiled with them. Tracing it again under jit would give
+    # the same program, so the same values.
+    closed, abstract = jax.make_jaxpr(init, return_shape=True)(init_params)
+    shardings = state_shardings(abstract, tx, mesh)
+    run = jax.extend.core.jaxpr_as_fun(closed)
+    flat = jax.jit(lambda leaves: run(*leaves), out_shardings=jax.tree.leaves(shardings))(
+        jax.tree.leaves(init_params))
+    state = jax.tree.unflatten(jax.tree.structure(abstract), flat)
+    return graphdefs[0], state, shardings
 
 
 def make_train_step(graphdef, tx, config, stage, *, schedule: Callable, ema_decay: float):
