@@ -110,13 +110,3 @@ def test_statistics_that_do_not_fit_are_refused(metaworld_rlds_dir, tmp_path, ta
     with pytest.raises(statistics.StatisticsError, match=message):
         trainer.train(_config(copy), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "skill")  # refused before any training
-
-
-def test_act_like_baseline_trains_without_codebook_chores(metaworld_rlds_dir, tmp_path):
-    # The cpu config re-seeds dead codes; the ACT-like baseline has no codebook, so the
-    # trainer must skip that (it used to stop the run) and train only the skill stage.
-    config = tiny_train_config(metaworld_rlds_dir, real_model=True, reinit_dead_codes_every=1,
-                               skill_steps=2)
-    config.model.decoder.skill_conditioning = False
-    result = trainer.train(config, str(tmp_path))
-    assert result["skill"]["step"] == 2 and "sampler" not in result
