@@ -34,16 +34,20 @@ def test_corruption_rate_replaces_tokens_by_codes():
     assert _is_codebook_row(model._corrupt_tokens(jax.random.key(1), tokens), codebook).all()
 
 
+@nnx.jit(static_argnames="train")
+def _action_l1(model, key, batch, train):
+    # jitted: the eager loss dispatched (and compiled) each of its ops on its own
+    return model.compute_loss(key, batch, train=train)[1]["action_l1"]
+
+
 def test_corruption_only_in_training():
     batch = fake_batch(tiny_model_config(), 4)
-    clean, _ = _model(0.0)
-    noisy, _ = _model(0.9)  # same seed: same parameters
+    clean, noisy = _model(0.0)[0], _model(0.9)[0]  # same seed: same parameters
+    fresh = {"clean": nnx.clone(clean), "noisy": nnx.clone(noisy)}  # training updates state
     key = jax.random.key(0)
-    loss_eval = [m.compute_loss(key, batch, train=False)[1]["action_l1"] for m in (clean, noisy)]
+    loss_eval = [_action_l1(m, key, batch, False) for m in (clean, noisy)]
     assert jnp.allclose(loss_eval[0], loss_eval[1])
-    clean, _ = _model(0.0)
-    noisy, _ = _model(0.9)
-    loss_train = [m.compute_loss(key, batch, train=True)[1]["action_l1"] for m in (clean, noisy)]
+    loss_train = [_action_l1(fresh[n], key, batch, True) for n in ("clean", "noisy")]
     assert not jnp.allclose(loss_train[0], loss_train[1])
 
 
