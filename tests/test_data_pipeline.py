@@ -1,6 +1,7 @@
 """The whole pipeline: seeded order, save/restore (also in a new process), mixing
 weights, unique segment ids, batches on an 8-device mesh, clear errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -252,3 +253,11 @@ def test_normalisation_and_statistics_files_need_no_tensorflow():
     code = ("import sys; import atomskill_jax.data.normalization, atomskill_jax.data.statistics; "
             "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_given_statistics_normalise_and_the_datas_own_still_count_its_size(state_dir):
+    own = pipeline.make_pipeline(_config(state_dir)).statistics[0]
+    foreign = dataclasses.replace(own, num_steps=own.num_steps * 100)
+    pipe = pipeline.make_pipeline(_config(state_dir), statistics=[foreign])
+    assert pipe.statistics == [foreign]  # what normalises (data.statistics_from)
+    assert [s.num_steps for s in pipe.data_statistics] == [own.num_steps]  # what counts epochs

@@ -64,6 +64,12 @@ def test_epochs_become_steps():
     assert trainer.stage_steps(c, "sampler", fake) == 5000
     c.train.skill_steps = 7
     assert trainer.stage_steps(c, "skill", fake) == 7
+    # Normalised with another run's statistics (data.statistics_from): epochs still count
+    # this data's steps, not the pre-training dataset's.
+    c.train.skill_steps = -1
+    foreign = types.SimpleNamespace(statistics=[types.SimpleNamespace(num_steps=10 ** 6)],
+                                    data_statistics=fake.statistics)
+    assert trainer.stage_steps(c, "skill", foreign) == 1000
 
 
 def test_stages():

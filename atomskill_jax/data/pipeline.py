@@ -163,11 +163,13 @@ class DataPipeline:
     """
 
     sources: list[sources.DatasetSource]
-    statistics: list[DatasetStatistics]
+    statistics: list[DatasetStatistics]  # what normalises (the data's own, or given)
     normalizer: Normalizer
     global_batch_size: int
     build: Callable[[], tf.data.Dataset]
     split: str = "train"
+    # The data's own statistics (its sizes count epochs), whichever normalise it.
+    data_statistics: list[DatasetStatistics] | None = None
 
     def dataset(self) -> tf.data.Dataset:
         """Local batches (this process's share), before normalisation. Iterate it with
@@ -208,7 +210,8 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     opened = open_sources(config)
-    stats = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
+    own = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
+    stats = own
     if statistics is not None:
         if len(statistics) != len(opened):
             raise ValueError(f"{len(statistics)} statistics given for {len(opened)} datasets")
@@ -221,7 +224,7 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     normalizer = normalizer_from_config(config, stats)
     if normalizer_keys is not None:
         normalizer = dataclasses.replace(normalizer, keys=normalizer_keys(config.action_space))
-    return DataPipeline(sources=opened, statistics=stats,
+    return DataPipeline(sources=opened, statistics=stats, data_statistics=own,
                         normalizer=normalizer,
                         global_batch_size=int(config.batch_size), build=build,
                         split=config.split)
