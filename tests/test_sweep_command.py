@@ -1,4 +1,5 @@
-"""`atomskill sweep` for real (not --print-commands): a 2-point sweep of the tiny config.
+"""`atomskill sweep` for real (not --print-commands): a 2-point sweep of the stand-in
+model's config (tests/stand_in_config.py; the subject is the sweep, not the model).
 
 Each point must train in its own workdir with its own overrides: recorded in
 W/<name>/config.json and visible in what it trained (its seed changes the losses).
@@ -34,7 +35,7 @@ def test_sweep_trains_each_point_with_its_overrides(metaworld_rlds_dir, tmp_path
     sweep_file.write_text(SWEEP)
     workdir = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "atomskill_jax", "sweep",
-           f"--config={os.path.join(REPO, 'configs', 'atomskill.py')}:tiny",
+           f"--config={os.path.join(REPO, 'tests', 'stand_in_config.py')}",
            f"--sweep={sweep_file}", f"--workdir={workdir}",
            f"--config.data.datasets=('{metaworld_rlds_dir}',)",
            f"--config.train.skill_steps={STEPS}"]
