@@ -58,8 +58,8 @@ def test_bad_overrides_are_refused():
 
 def test_epochs_become_steps():
     c = config_flags.load_config(f"{CONFIG}:paper")
-    fake = types.SimpleNamespace(statistics=[types.SimpleNamespace(num_steps=1000),
-                                             types.SimpleNamespace(num_steps=280)])
+    sizes = [types.SimpleNamespace(num_steps=1000), types.SimpleNamespace(num_steps=280)]
+    fake = types.SimpleNamespace(statistics=sizes, data_statistics=sizes)
     assert trainer.stage_steps(c, "skill", fake) == 1000  # 200 epochs x 1280 / 256
     assert trainer.stage_steps(c, "sampler", fake) == 5000
     c.train.skill_steps = 7
@@ -68,7 +68,7 @@ def test_epochs_become_steps():
     # this data's steps, not the pre-training dataset's.
     c.train.skill_steps = -1
     foreign = types.SimpleNamespace(statistics=[types.SimpleNamespace(num_steps=10 ** 6)],
-                                    data_statistics=fake.statistics)
+                                    data_statistics=sizes)
     assert trainer.stage_steps(c, "skill", foreign) == 1000
 
 

@@ -164,12 +164,12 @@ class DataPipeline:
 
     sources: list[sources.DatasetSource]
     statistics: list[DatasetStatistics]  # what normalises (the data's own, or given)
+    # The data's own statistics (its sizes count epochs), whichever normalise it.
+    data_statistics: list[DatasetStatistics]
     normalizer: Normalizer
     global_batch_size: int
     build: Callable[[], tf.data.Dataset]
     split: str = "train"
-    # The data's own statistics (its sizes count epochs), whichever normalise it.
-    data_statistics: list[DatasetStatistics] | None = None
 
     def dataset(self) -> tf.data.Dataset:
         """Local batches (this process's share), before normalisation. Iterate it with
@@ -211,11 +211,9 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     process_count = jax.process_count() if process_count is None else process_count
     opened = open_sources(config)
     own = [statistics_compute.load_or_compute_statistics(s, config.split) for s in opened]
-    stats = own
-    if statistics is not None:
-        if len(statistics) != len(opened):
-            raise ValueError(f"{len(statistics)} statistics given for {len(opened)} datasets")
-        stats = list(statistics)
+    if statistics is not None and len(statistics) != len(opened):
+        raise ValueError(f"{len(statistics)} statistics given for {len(opened)} datasets")
+    stats = own if statistics is None else list(statistics)
     config = ml_collections.ConfigDict(config.to_dict())  # later edits must not leak in
     build = functools.partial(build_dataset, config, opened, train=train,
                               process_index=process_index, process_count=process_count,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -176,21 +177,18 @@ class _ChecksummedManager(ocp.CheckpointManager):
 # per replica would be smaller than this are written whole by their first replica (what
 # orbax did before replica-parallel saves); the files written are the same either way.
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
-_array_handler_registered = False
 
 
+@functools.cache  # once per process
 def _register_array_handler() -> None:
-    global _array_handler_registered
-    if not _array_handler_registered:
-        # orbax's own default handler for jax.Array, with the threshold added
-        from orbax.checkpoint._src.metadata.array_metadata_store import Store
+    # orbax's own default handler for jax.Array, with the threshold added
+    from orbax.checkpoint._src.metadata.array_metadata_store import Store
 
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(
-                array_metadata_store=Store(),
-                min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
-            override=True)
-        _array_handler_registered = True
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            array_metadata_store=Store(),
+            min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
+        override=True)
 
 
 def make_manager(directory: str, *, keep: int, async_save: bool = True,

@@ -87,8 +87,7 @@ def stage_steps(config, stage: str, pipeline) -> int:
     epochs = float(config.train.get(f"{stage}_epochs", 0))
     # The data's own sizes: with data.statistics_from the normalising statistics are
     # another dataset's (a pre-training run's), whose size would count the wrong epochs.
-    own = getattr(pipeline, "data_statistics", None) or pipeline.statistics
-    examples = sum(s.num_steps for s in own)
+    examples = sum(s.num_steps for s in pipeline.data_statistics)
     if epochs <= 0:
         raise ValueError(f"config.train.{stage}_steps or {stage}_epochs must be positive")
     return max(1, math.ceil(epochs * examples / int(config.data.batch_size)))
