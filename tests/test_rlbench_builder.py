@@ -210,18 +210,28 @@ def test_one_task_resized_camera_and_reuse(built, tmp_path):
         rb.build_rlbench(str(root), str(tmp_path), cameras="side")
 
 
-def test_rlbench_pickles_without_rlbench_say_what_to_install(tmp_path):
+@pytest.mark.parametrize("installed", [False, True])
+def test_rlbench_pickles_without_rlbench_say_what_to_install(tmp_path, monkeypatch, installed):
+    """RLBench's pickles name rlbench.demo.Demo: without rlbench, or with rlbench but no
+    CoppeliaSim (PyRep fails to load its library), the build says what to install."""
     demo_cls = type("Demo", (), {"__module__": "rlbench.demo"})
-    modules = {"rlbench": types.ModuleType("rlbench"), "rlbench.demo": types.ModuleType("rlbench.demo")}
+    modules = {"rlbench": types.ModuleType("rlbench"),
+               "rlbench.demo": types.ModuleType("rlbench.demo")}
     modules["rlbench.demo"].Demo = demo_cls
-    sys.modules.update(modules)
-    try:
-        episode = tmp_path / "reach_target" / "variation0" / "episodes" / "episode0"
-        episode.mkdir(parents=True)
+    episode = tmp_path / "data" / "reach_target" / "variation0" / "episodes" / "episode0"
+    episode.mkdir(parents=True)
+    with monkeypatch.context() as patch:
+        for name, module in modules.items():
+            patch.setitem(sys.modules, name, module)
         (episode / rb.LOW_DIM_FILE).write_bytes(pickle.dumps(demo_cls()))
-        (episode / rb.DESCRIPTIONS_FILE).write_bytes(pickle.dumps(["reach the red target"]))
-    finally:
-        for name in modules:
-            del sys.modules[name]
+    (episode / rb.DESCRIPTIONS_FILE).write_bytes(pickle.dumps(["reach the red target"]))
+    if installed:  # an importable rlbench whose import fails as PyRep's does
+        package = tmp_path / "site" / "rlbench"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(
+            "raise ImportError('libcoppeliaSim.so.1: cannot open shared object file')\n")
+        (package / "demo.py").write_text("class Demo:\n    pass\n")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(rb.RLBenchUnavailable, match="needs the rlbench package and CoppeliaSim"):
-        rb.build_rlbench(str(tmp_path), str(tmp_path / "out"), show_progress=False)
+        rb.build_rlbench(str(tmp_path / "data"), str(tmp_path / "out"), show_progress=False)
+    assert "rlbench" not in sys.modules

@@ -118,6 +118,16 @@ def find_demos(root: str, tasks: Sequence[str] | None = None) -> list[StoredDemo
     return sorted(demos, key=lambda d: (d.task, d.variation, d.index))
 
 
+def _needs_rlbench(err: Exception) -> bool:
+    """Unpickling failed for want of rlbench, PyRep or CoppeliaSim (not bad data)."""
+    if isinstance(err, ModuleNotFoundError):
+        return (err.name or "").split(".")[0] in ("rlbench", "pyrep")
+    if type(err).__module__.split(".")[0] == "pyrep":  # e.g. PyRepError: COPPELIASIM_ROOT
+        return True
+    return isinstance(err, (ImportError, OSError)) and any(
+        k in str(err).lower() for k in ("coppelia", "pyrep"))
+
+
 def _rlbench_error(err: Exception) -> RLBenchUnavailable:
     return RLBenchUnavailable(
         "reading RLBench demos needs the rlbench package and CoppeliaSim: low_dim_obs.pkl "
@@ -132,18 +142,12 @@ def load_observations(demo: StoredDemo) -> list:
     try:
         with open(path, "rb") as f:
             stored = pickle.load(f)
-    except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] in ("rlbench", "pyrep"):
-            raise _rlbench_error(err) from err
-        raise
     except FileNotFoundError:
         raise rlds_schema.EpisodeError(demo.episode_id, LOW_DIM_FILE,
                                        f"missing ({path})") from None
-    except (ImportError, OSError) as err:  # rlbench there, CoppeliaSim not
-        if any(k in str(err).lower() for k in ("pyrep", "coppelia", "rlbench")):
+    except Exception as err:  # noqa: BLE001 - truncated, not a pickle, or no rlbench
+        if _needs_rlbench(err):
             raise _rlbench_error(err) from err
-        raise
-    except Exception as err:  # noqa: BLE001 - truncated or not a pickle
         raise rlds_schema.EpisodeError(demo.episode_id, LOW_DIM_FILE, f"unreadable ({path}: "
                                        f"{type(err).__name__}: {err})") from None
     observations = getattr(stored, "_observations", stored)  # rlbench.demo.Demo or a list
