@@ -3,9 +3,10 @@
 Its replies say where they come from: the k-th infer of a connection (k = 0, 1, ...)
 answers `actions[i] = 100 * k + i` and `chunk[j] = 100 * k + n + j` in every action
 dimension, so a test reads off which reply and which plan index an action is.
-Knobs (set them between requests): `delay` (seconds before an action reply),
-`fail_next` (an error reply to the next request), `close_next` ((code, reason) closing
-the connection instead of replying), `wrong_id_next`.
+`offset` is added to every action. Knobs (set them between requests): `delay`
+(seconds before an action reply), `fail_next` (an error reply to the next request),
+`close_next` ((code, reason) closing the connection instead of replying),
+`wrong_id_next`.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def free_port() -> int:
 
 class StubServer:
     def __init__(self, meta: Optional[dict] = None, token: Optional[str] = None,
-                 delay: float = 0.0, port: Optional[int] = None):
+                 delay: float = 0.0, port: Optional[int] = None, offset: float = 0.0):
         self.metadata = meta or metadata()
         self.token = token
         self.delay = delay
+        self.offset = offset
         self.port = port or free_port()
         self.fail_next: Optional[dict] = None
         self.close_next = None
@@ -111,7 +113,7 @@ class StubServer:
                 else:
                     if self.delay:
                         time.sleep(self.delay)
-                    base = 100.0 * infers
+                    base = 100.0 * infers + self.offset
                     infers += 1
                     plan = base + np.arange(n + h, dtype=np.float32)
                     plan = np.repeat(plan[:, None], dim, axis=1)
