@@ -78,11 +78,15 @@ def read_file_info(handle, path: str) -> FileInfo:
         missing = [k for k in ("action", "observations") if k not in handle]
         raise ValueError(f"{path}: {', '.join('/' + k for k in missing)} missing (not an "
                          "ACT/ALOHA episode file)")
-    sim = handle.attrs.get("sim")
-    images = handle.get(IMAGES)
-    cameras = order_cameras(images.keys()) if images is not None else ()
-    compressed = bool(handle.attrs.get("compress", False)) or any(
-        len(images[c].shape) == 2 for c in cameras)
+    try:
+        sim = handle.attrs.get("sim")
+        images = handle.get(IMAGES)
+        cameras = order_cameras(images.keys()) if images is not None else ()
+        compressed = bool(handle.attrs.get("compress", False)) or any(
+            len(images[c].shape) == 2 for c in cameras)
+    except Exception as err:  # noqa: BLE001 - e.g. a camera that is a group, a bad attribute
+        raise ValueError(f"{path}: /{IMAGES} or the root attributes are damaged "
+                         f"({type(err).__name__}: {err})") from None
     return FileInfo(path=path, index=episode_index(path), task=task_name(path),
                     sim=None if sim is None else bool(sim), compressed=compressed,
                     cameras=cameras, has_effort="effort" in handle["observations"])
