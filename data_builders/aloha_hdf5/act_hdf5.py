@@ -8,7 +8,9 @@
       /observations/qpos             float [T, 14]  same layout as the action
       /observations/qvel             float [T, 14]
       /observations/effort           float [T, 14]  real-robot files only
-      /observations/images/<camera>  uint8 [T, H, W, 3] (480x640 on ALOHA), or with
+      /observations/images/<camera>  uint8 [T, H, W, 3] (480x640; cam_high, cam_low,
+                                     cam_left_wrist, cam_right_wrist on the real ALOHA,
+                                     'top' in ACT's sim episodes), or with
                                      compress: uint8 [T, N], one zero-padded JPEG per row
       /compress_len                  with compress: [cameras, T] byte counts (not needed:
                                      a JPEG ends with FF D9, so the zero padding is stripped;
