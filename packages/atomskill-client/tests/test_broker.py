@@ -108,19 +108,24 @@ def play(broker, steps):
     return [float(broker.step()[0]) for _ in range(steps)]
 
 
-def test_the_next_request_goes_out_prefetch_steps_before_the_actions_run_out():
-    # 4 actions per reply at 10 Hz, a request 2 ticks (0.2 s) ahead, latency 0.15 s.
-    broker, client, ticks = make(n=4, h=4, latency=lambda k: 0.0 if k == 0 else 0.15,
-                                 prefetch_steps=2)
+@pytest.mark.parametrize("prefetch, latency, observed, seen_ms", [
+    (2, 0.15, [0, 2, 6, 10], 200.0),  # seen at the tick it is due
+    (3, 0.05, [0, 1, 5, 9], 100.0),  # seen two ticks early: kept until it is due
+])
+def test_the_next_request_goes_out_prefetch_steps_before_the_actions_run_out(
+        prefetch, latency, observed, seen_ms):
+    # 4 actions per reply at 10 Hz, requests `prefetch` ticks ahead.
+    broker, client, ticks = make(n=4, h=4, latency=lambda k: 0.0 if k == 0 else latency,
+                                 prefetch_steps=prefetch)
     broker.reset(task="t")
     actions = play(broker, 12)
     assert actions == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201, 202, 203]
-    # Observed at reset, then at ticks 2, 6, 10: two ticks before replies 1-3 are due.
-    assert ticks == [0, 2, 6, 10]
+    # Observed at reset, then `prefetch` ticks before replies 1-3 are due (4, 8, 12).
+    assert ticks == observed
     stats = broker.stats
     assert (stats.underruns, stats.held, stats.requests) == (0, 0, 4)
-    # Fake time moves a tick at a time: a reply ready 0.15 s after its request is seen 0.2 s after.
-    assert stats.latency_p50_ms == pytest.approx(200.0)
+    # Fake time moves a tick at a time: a reply is seen at the first tick after it is ready.
+    assert stats.latency_p50_ms == pytest.approx(seen_ms)
     assert client.resets == [{"task": "t"}]
     close(broker)
 

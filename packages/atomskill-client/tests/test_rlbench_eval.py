@@ -68,10 +68,11 @@ class InvalidActionError(Exception):
 
 class FakeTask:
     """A TaskEnvironment: succeeds at the step `succeed_at` of every episode (terminate,
-    reward 1); `refuse_at` raises the planner's error instead."""
+    reward 1), fails at `fail_at` (terminate, reward 0: a fail condition); `refuse_at`
+    raises the planner's error instead."""
 
-    def __init__(self, succeed_at=None, refuse_at=None):
-        self.succeed_at, self.refuse_at = succeed_at, refuse_at
+    def __init__(self, succeed_at=None, refuse_at=None, fail_at=None):
+        self.succeed_at, self.refuse_at, self.fail_at = succeed_at, refuse_at, fail_at
         self.actions, self.variation = [], None
 
     def set_variation(self, variation):
@@ -86,8 +87,8 @@ class FakeTask:
         self.actions.append(action)
         if self.steps == self.refuse_at:
             raise InvalidActionError("A path could not be found")
-        done = self.steps == self.succeed_at
-        return rlbench_observation(), float(done), done
+        success = self.steps == self.succeed_at
+        return rlbench_observation(), float(success), success or self.steps == self.fail_at
 
 
 def test_evaluate_runs_episodes_against_the_server(stub):
@@ -95,14 +96,15 @@ def test_evaluate_runs_episodes_against_the_server(stub):
                     observation={k: v for k, v in SPEC.items() if k != "image_front"})
     server = stub(meta=meta, offset=1.0)  # actions 1, 2, ...: unit quaternions, gripper open
     tasks = {"reach_target": FakeTask(succeed_at=3), "push_button": FakeTask(),
-             "slide_block": FakeTask(refuse_at=2)}
+             "slide_block": FakeTask(refuse_at=2), "close_jar": FakeTask(fail_at=1)}
     with PolicyClient(server.uri) as client:
         report = rlbench_eval.evaluate(client, tasks, episodes=2, max_steps=5, seed=10,
                                        variation=1)
-    assert report["per_task"] == {"reach_target": 1.0, "push_button": 0.0, "slide_block": 0.0}
-    assert report["success_rate"] == pytest.approx(1 / 3)
+    assert report["per_task"] == {"reach_target": 1.0, "push_button": 0.0, "slide_block": 0.0,
+                                  "close_jar": 0.0}
+    assert report["success_rate"] == pytest.approx(1 / 4)
     episodes = report["episodes"]
-    assert [e["steps"] for e in episodes] == [3, 3, 5, 5, 2, 2]
+    assert [e["steps"] for e in episodes] == [3, 3, 5, 5, 2, 2, 1, 1]
     assert "InvalidActionError" in episodes[4]["error"]
     resets = server.messages("reset")
     assert [r["task"] for r in resets[:2]] == [
@@ -111,7 +113,7 @@ def test_evaluate_runs_episodes_against_the_server(stub):
         {"task": "reach_target", "instruction": "reach the red target", "layout": 1,
          "seed": 11, "episode": 1}]
     # Every action of a reply is executed before observing again: 2 per infer.
-    assert len(server.messages("infer")) == 2 + 2 + 3 + 3 + 1 + 1
+    assert len(server.messages("infer")) == 2 + 2 + 3 + 3 + 1 + 1 + 1 + 1
     first = tasks["reach_target"].actions[0]
     np.testing.assert_allclose(first, [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 1.0])
     assert tasks["push_button"].variation == 1
