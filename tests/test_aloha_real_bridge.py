@@ -161,13 +161,19 @@ def test_gripper_units_are_converted_both_ways(sim):
     # the simulated fingers open to 0.057 m (0.97) and close onto each other near 0.0224 m
     assert opened["proprio"][13] > 0.9 and obs["proprio"][6] > 0.9 and obs["proprio"][13] < 0.15
     np.testing.assert_allclose(env.last_reading.gripper_joint, ALOHA_1.finger_to_joint(finger))
+    action[GRIP] = [0.5, 0.8]  # in between: the units must match, not only the end stops
+    for _ in range(40):
+        obs = env.step(action)
+    np.testing.assert_allclose(obs["proprio"][GRIP], [0.5, 0.8], atol=0.02)
 
 
 def test_observation_keys_shapes_and_state_layouts():
     clock = FakeClock()
     io = real.SimulatedArmsIO()
     env = real.AlohaRealEnv(io, clock=clock, sleep=clock.sleep)
-    obs = env.reset(home=None)
+    env.reset(home=None)
+    for _ in range(3):  # moving, so that qvel and effort are not zero
+        obs = env.step(real.HOME_POSE + 0.04)
     assert sorted(obs) == sorted(["proprio", "state"] + [f"image_{c}" for c in real.CAMERAS])
     assert obs["proprio"].shape == (14,) and obs["proprio"].dtype == np.float32
     assert obs["state"].shape == (28,) and obs["state"].dtype == np.float32
@@ -176,6 +182,7 @@ def test_observation_keys_shapes_and_state_layouts():
     reading = io.read()
     qvel = reading.qvel.copy()
     qvel[GRIP] = ALOHA_1.finger_velocity_to_normalized(qvel[GRIP])
+    assert np.abs(qvel).min() > 1e-3 and np.abs(reading.effort).min() > 1e-4
     np.testing.assert_allclose(obs["state"], np.r_[qvel, reading.effort], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(obs["proprio"][:6], reading.qpos[:6], atol=1e-7)
     small = real.AlohaRealEnv(io, state="qvel", image_size=(48, 64), cameras=("cam_high",),
@@ -211,10 +218,11 @@ def test_reset_moves_home_through_the_safety_layer(sim):
     env.reset(home=None)
     far = real.HOME_POSE.copy()
     far[[0, 2, 7]] = [0.8, 0.3, -0.8]
-    env.move_to(far, seconds=0.2)  # 10 steps: faster than the rate limit allows
+    env.move_to(far, seconds=1.0)
+    np.testing.assert_allclose(io.writes[-1], real.policy_to_robot(far), atol=1e-12)
     reference = real.robot_position(io.read())
     io.writes.clear()
-    env.reset(seconds=0.5)
+    env.reset(seconds=0.2)  # a 10-step ramp is faster than the rate limit: 18 steps needed
     check_writes(io.writes, reference)
     np.testing.assert_allclose(io.writes[-1], real.policy_to_robot(real.HOME_POSE), atol=1e-12)
     with pytest.raises(ValueError, match="target"):
@@ -235,6 +243,9 @@ def test_threaded_loop_holds_when_submissions_stop_and_resumes():
             target[0] = 0.03 * k
             env.submit(target)
             time.sleep(PERIOD)
+        env.submit(target + 1.0)  # replaced at once: the loop sends only the newest
+        env.submit(target - 1.0)
+        env.submit(target)
         time.sleep(0.3)  # no submissions: the watchdog holds
         held = env.counters["watchdog_holds"]
         env.submit(np.full(14, np.nan))  # rejected, counted
@@ -243,6 +254,7 @@ def test_threaded_loop_holds_when_submissions_stop_and_resumes():
         env.stop()
     counters = env.counters
     assert held >= 3 and counters["watchdog_trips"] >= 1 and counters["rejected"] == 1
+    assert counters["superseded"] >= 1
     check_writes(io.writes, reference)
     assert io.writes[-1][0] == pytest.approx(0.15)  # held at the last safe target
 
@@ -272,6 +284,7 @@ def test_missing_robot_packages_are_named_with_what_to_install():
         message = str(err.value)
         assert "interbotix_xs_modules" in message and "interbotix_xs_msgs" in message
         assert "xsarm_amd64_install.sh" in message and "SimulatedArmsIO" in message
+        assert "source /opt/ros/" in message
     assert "rclpy" in message or "rospy" in message
     with pytest.raises(real.RobotPackagesMissing, match="neither rclpy .* nor rospy"):
         real.AlohaRealEnv.open_real()

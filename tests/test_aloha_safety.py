@@ -142,9 +142,13 @@ def test_targets_outside_the_limits_are_clipped_to_the_bound_and_counted():
     expected[[1, 4, 8, 6]] = [upper[1], lower[4], upper[8], upper[6]]
     np.testing.assert_array_equal(decision.command, expected)
     assert decision.clipped == 4 and decision.status == "limited"
+    assert decision.rate_limited == 0  # clipped first: the bound is within the step
     assert (safety.counters.clipped, safety.counters.clipped_channels) == (1, 4)
     inside = safety.filter(home())
     assert inside.status == "passed" and safety.counters.clipped == 1
+    for value in (1e300, -1e300):  # whatever the rate allows, never past a bound
+        np.testing.assert_array_equal(safety.filter(np.full(14, value)).command,
+                                      upper if value > 0 else lower)
 
 
 def test_joint_margin_narrows_the_arm_ranges_only():
@@ -195,23 +199,23 @@ def test_config_refuses_nonsense(bad):
 
 # -- watchdog ------------------------------------------------------------------------
 def test_watchdog_holds_the_last_safe_command_after_the_timeout():
-    safety, clock = layer(watchdog_timeout=0.1)
+    safety, clock = layer(watchdog_timeout=0.125)  # binary fractions: exact clock sums
     assert safety.watchdog() is None  # right after reset
-    clock.t += 0.05
+    clock.t += 0.0625
     sent = safety.filter(home() + 0.02).command
-    clock.t += 0.1  # exactly the timeout: not yet
+    clock.t += 0.125  # exactly the timeout: not yet
     assert safety.watchdog() is None
-    clock.t += 0.001
+    clock.t += 2.0 ** -10
     hold = safety.watchdog()
     assert hold.status == "hold"
     np.testing.assert_array_equal(hold.command, sent)
     for _ in range(4):
-        clock.t += 0.02
+        clock.t += 0.015625
         np.testing.assert_array_equal(safety.watchdog().command, sent)
     assert (safety.counters.watchdog_holds, safety.counters.watchdog_trips) == (5, 1)
     safety.filter(home())  # commands resume: no hold until the next stall
     assert safety.watchdog() is None
-    clock.t += 0.2
+    clock.t += 0.25
     assert safety.watchdog() is not None
     assert (safety.counters.watchdog_holds, safety.counters.watchdog_trips) == (6, 2)
 
