@@ -126,3 +126,35 @@ def test_launching_without_rlbench_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "rlbench", None)  # not importable, even if installed
     with pytest.raises(ImportError, match="needs RLBench.*CoppeliaSim"):
         rlbench_eval.launch_rlbench(metadata(action_dim=8))
+
+
+def test_the_command_line_evaluates_and_writes_the_report(stub, monkeypatch, tmp_path, capsys):
+    import json
+
+    meta = metadata(action_dim=8, execute_steps=2, chunk_length=4,
+                    observation={k: v for k, v in SPEC.items() if k != "image_front"})
+    server = stub(meta=meta, offset=1.0)
+    launched = []
+
+    class FakeEnvironment:
+        def get_task(self, task_class):
+            return FakeTask(succeed_at=2 if task_class == "ReachTarget" else None)
+
+        def shutdown(self):
+            launched.append("shutdown")
+
+    def launch(metadata, headless):
+        launched.append((metadata["method"], headless))
+        return FakeEnvironment(), {"reach_target": "ReachTarget", "push_button": "PushButton"}.get
+
+    monkeypatch.setattr(rlbench_eval, "launch_rlbench", launch)
+    out = tmp_path / "sr.json"
+    assert rlbench_eval.main(["--uri", server.uri, "--tasks", "reach_target, push_button",
+                              "--episodes", "2", "--max-steps", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["per_task"] == {"reach_target": 1.0, "push_button": 0.0}
+    assert report["success_rate"] == 0.5
+    assert launched == [("stub", True), "shutdown"]
+    printed = capsys.readouterr().out
+    assert "push_button episode 2/2: failure after 3 steps" in printed
+    assert "mean SR over 2 tasks: 50.0%" in printed
