@@ -179,6 +179,21 @@ def test_errors_of_the_request_surface_in_step_and_reset_starts_afresh():
     close(broker)
 
 
+@pytest.mark.parametrize("reply, match", [
+    ({"actions": np.zeros((1, A + 1))}, r"actions of shape \[1, 3\], expected \[n >= 1, 2\]"),
+    ({"actions": np.zeros((0, A))}, r"actions of shape \[0, 2\]"),
+    ({"actions": np.zeros((1, A)), "chunk": np.zeros((2, A + 1))}, r"chunk of shape \[2, 3\]"),
+])
+def test_replies_of_the_wrong_shape_are_refused(reply, match):
+    fake = FakeTime()
+    client = FakeClient(fake, 1, 1, lambda k: 0.0)
+    client.infer = lambda observation, timestamp=None: reply
+    with ActionBroker(client, dict, clock=fake.clock, sleep=fake.sleep) as broker:
+        broker.reset()
+        with pytest.raises(ValueError, match=match):
+            broker.step()
+
+
 def test_argument_checks():
     fake = FakeTime()
     client = FakeClient(fake, 1, 1, lambda k: 0.0)

@@ -40,7 +40,8 @@ def test_observation_conversion():
 @pytest.mark.parametrize("overrides, spec_change, match", [
     ({"task_low_dim_state": None}, {}, r"state:.*task_low_dim_state=True"),
     ({"front_rgb": None}, {}, r"image_front:.*no front_rgb"),
-    ({"front_rgb": np.zeros((8, 8, 3), np.uint8)}, {}, r"image_front:.*image_size=\(W, H\)=\(6, 4\)"),
+    ({"front_rgb": np.zeros((8, 8, 3), np.uint8)}, {},
+     r"image_front:.*image_size=\(W, H\)=\(6, 4\)"),
     ({"front_rgb": np.zeros((4, 6, 3), np.float32)}, {}, r"image_front:.*uint8"),
     ({"gripper_pose": np.zeros(3)}, {}, r"proprio:.*7"),
     ({}, {"language_embedding": {"dtype": "<f4", "shape": [4]}}, r"language_embedding"),

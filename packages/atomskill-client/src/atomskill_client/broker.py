@@ -166,8 +166,13 @@ class ActionBroker:
             raise ValueError(f"ActionBroker: reply {no} has actions of shape "
                              f"{list(actions.shape)}, expected [n >= 1, {self.action_dim}]")
         chunk = reply.get("chunk")
-        chunk = (np.zeros((0, self.action_dim), np.float32) if chunk is None
-                 else np.asarray(chunk, np.float32).reshape(-1, self.action_dim))
+        chunk = np.zeros((0, self.action_dim), np.float32) if chunk is None else \
+            np.asarray(chunk, np.float32)
+        if chunk.size == 0:
+            chunk = np.zeros((0, self.action_dim), np.float32)
+        if chunk.ndim != 2 or chunk.shape[1] != self.action_dim:
+            raise ValueError(f"ActionBroker: reply {no} has a chunk of shape "
+                             f"{list(chunk.shape)}, expected [h, {self.action_dim}]")
         return {"actions": actions, "chunk": chunk}
 
     # -- the caller's thread --------------------------------------------------------
