@@ -9,6 +9,7 @@
     atomskill eval --workdir=W --suite=rlbench6 --episodes=20 --seeds=0,1,2
     atomskill eval --compare W1 W2 ...
     atomskill reproduce table1 --out=DIR [--print-commands]   # table1 | table4 | table5
+    atomskill export --workdir=W --out=P [--platforms=cpu,cuda]
     atomskill demo
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
@@ -27,7 +28,6 @@ import os
 import sys
 
 NOT_YET = {
-    "export": "a later issue (inference export)",
     "serve": "a later issue (websocket policy server)",
 }
 BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench")
@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     from atomskill_jax import demo as demo_command  # argparse only at import
 
     demo_command.add_parser(sub)
+    from atomskill_jax.commands import export as export_command  # argparse only at import
+
+    export_command.add_parser(sub)
     for name, where in NOT_YET.items():
         sub.add_parser(name, help=f"not yet available: {where}")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
                "sweep": _cmd_sweep, "eval": _cmd_eval, "plot": plot_command.run,
-               "reproduce": reproduce.run}[args.command]
+               "reproduce": reproduce.run, "export": export_command.run}[args.command]
     try:
         return handler(args)
     except _known_errors() as err:

@@ -30,11 +30,10 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from atomskill_jax.data.normalization import (  # noqa: E402
-    FieldStatistics, Normalizer, normalizer_keys)
-from atomskill_jax.policies.adapters import AbsoluteAdapter  # noqa: E402
-from atomskill_jax.methods.atomskill.policy import AtomSkillPolicy, RuntimeOptions  # noqa: E402
+from atomskill_jax.methods.atomskill.runtime import AtomSkillPolicy  # noqa: E402
 from atomskill_jax.policies.base import TaskInfo  # noqa: E402
+from atomskill_jax.policies.in_process import policy_from_program  # noqa: E402
+from bench.random_policy import random_program  # noqa: E402
 from atomskill_jax.training import config_flags  # noqa: E402
 from atomskill_jax.training.train_state import build_model  # noqa: E402
 
@@ -51,20 +50,8 @@ def resolved_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def make_policy(config) -> AtomSkillPolicy:
-    m = config.model
-
-    def stats(n):
-        z = np.zeros(n, np.float32)
-        return FieldStatistics(z, z + 1, z - 1, z + 1, z - 1, z + 1)
-
-    fields = {"action": stats(m.action_dim), "action_abs": stats(m.action_dim),
-              "observation/proprio": stats(m.proprio_dim)}
-    if m.state_dim:
-        fields["observation/state"] = stats(m.state_dim)
-    normalizer = Normalizer(keys=normalizer_keys(config.data.action_space), statistics=[fields])
-    model = build_model(config, 0)
-    return AtomSkillPolicy(model, config, normalizer, AbsoluteAdapter(), RuntimeOptions(),
-                           epsilon=-1.0, max_skill_steps=10**9)  # never switch by itself
+    """A random model's policy whose skills never end by themselves (ε < 0, no cap)."""
+    return policy_from_program(random_program(config)[0])
 
 
 def observation(config, b: int, seed: int = 0) -> dict:
@@ -94,8 +81,8 @@ def bench(spec: str, b: int, iters: int) -> list[tuple]:
     policy.reset([TaskInfo("reach", "", 1_000_000)] * b)  # compiles both calls
     obs = observation(config, b)
     model_obs, lang = policy._model_inputs(obs)
-    state, key = policy._state, jax.random.PRNGKey(0)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, 0)))
+    key = jax.random.PRNGKey(0)
+    graphdef, state = nnx.split(build_model(config, 0))
     sample = jax.jit(lambda s, k, o, l: nnx.merge(graphdef, s).sample_skill(k, o, l))
     tokens = sample(state, key, model_obs, lang)
     decode = jax.jit(lambda s, o, l, t: nnx.merge(graphdef, s).predict_actions(o, l, t))
@@ -112,7 +99,7 @@ def bench(spec: str, b: int, iters: int) -> list[tuple]:
         policy.infer(obs)
 
     rows.append(("infer+new skill", timed(new_skill, iters)))
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(policy._state, nnx.Param)))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(state, nnx.Param)))
     name = spec.rpartition(":")[2]
     return [(name, b, label, np.percentile(ms, 50), np.percentile(ms, 99), params)
             for label, ms in rows]

@@ -86,6 +86,7 @@ def test_method_trains_every_stage_reloads_and_infers(name, overrides, metaworld
     actions = [np.asarray(policy.infer(obs)) for _ in range(3)]
     assert all(a.shape == (b, int(resolved.model.action_dim)) for a in actions)
     assert all(np.isfinite(a).all() for a in actions)
+    _exported_policy_acts_as_in_process(workdir, tmp_path, spec, resolved, name, overrides)
     # The fake batch has the structure the pipeline gives the loss.
     fake = spec.fake_batch(resolved, 4)
     assert jax.tree.structure(fake) is not None and "action_chunk" in fake
@@ -99,3 +100,37 @@ def test_registry_lists_every_method_and_refuses_unknown_ones():
         registry.spec_by_name("tests.tiny_model:TinyModel")
     legacy = ml_collections.ConfigDict({"model_factory": "atomskill_jax.models.atomskill:AtomSkill"})
     assert registry.method_name(legacy) == "atomskill"
+
+
+def _exported_policy_acts_as_in_process(workdir, tmp_path, spec, config, name, overrides):
+    """`atomskill export`'s directory, loaded with jax and numpy only (export/loader.py),
+    sends the in-process policy's actions to 1e-5, with its stateful parts on: temporal
+    ensembling and, for AtomSkill, skills ending (the step cap) and starting again."""
+    from atomskill_jax.export import loader, writer
+    from atomskill_jax.policies.base import TaskInfo
+    from atomskill_jax.policies.loading import load_policy
+
+    options = {"ensemble_m": 0.1}
+    skills = name == "atomskill" and not overrides
+    if skills:
+        options["max_skill_steps"] = 2
+    out = str(tmp_path / "exported")
+    manifest = writer.export_workdir(workdir, out, platforms=("cpu",))
+    assert manifest["method"] == name
+    infos = [TaskInfo("pick-place", "pick", 1_000_000 + i, 0, i) for i in range(2)]
+    r = np.random.default_rng(1)
+    steps = []
+    for _ in range(5):
+        obs = {}
+        for key, (shape, dtype) in spec.input_spec(config).items():
+            obs[key] = (r.integers(0, 256, (2, *shape)).astype(dtype) if dtype == "uint8"
+                        else (0.3 * r.normal(size=(2, *shape))).astype(dtype))
+        steps.append(obs)
+    actions = []
+    for policy in (load_policy(workdir, **options), loader.load_policy(out, **options)):
+        policy.reset(infos)
+        actions.append(np.stack([policy.infer(o) for o in steps]))
+        if skills:
+            assert policy.skill_counts()["skills"].tolist() == [3, 3]  # steps 0, 2, 4
+    np.testing.assert_allclose(actions[1], actions[0], rtol=1e-5, atol=1e-5)
+    assert np.abs(actions[0][1:] - actions[0][:-1]).max() > 1e-4  # not constant

@@ -9,7 +9,6 @@ sends a different action than the reference.
 """
 
 import dataclasses
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -27,20 +26,23 @@ B = 3  # every test runs 3 environments: the policy compiles once for the module
 
 @pytest.fixture(scope="module")
 def reference(tiny_trained_workdir):
-    """(policy, statistics fields) of the workdir's latest checkpoint. The reference
-    calls the policy's own jitted model functions (`_decode`, `_sample_decode` with
-    every environment starting), on inputs normalised here: the eager model takes
+    """(policy, statistics fields, run config) of the workdir's latest checkpoint. The
+    reference calls the policy's own jitted model functions (`decode`, `sample_decode`
+    with every environment starting), on inputs normalised here: the eager model takes
     tens of seconds per call on 2 cores."""
+    import ml_collections
+
     from atomskill_jax.policies.loading import load_policy, read_workdir_assets
 
     # epsilon 0: no keypose is ever reached; a long cap: skills end only when a test says.
     policy = load_policy(tiny_trained_workdir, epsilon=0.0, max_skill_steps=100)
-    config = policy.config
+    assets = read_workdir_assets(tiny_trained_workdir)[0]
+    config = ml_collections.ConfigDict(assets["config"])
     assert int(config.model.horizon) == H and config.data.normalization.mode == "mean_std"
     assert config.data.action_space == "action" and policy.adapter.name == "metaworld"
-    fields = read_workdir_assets(tiny_trained_workdir)[0]["statistics"][0]["fields"]
+    fields = assets["statistics"][0]["fields"]
     return policy, {k: {s: np.asarray(v[s], np.float64) for s in ("mean", "std")}
-                    for k, v in fields.items()}
+                    for k, v in fields.items()}, config
 
 
 def _reset(reference, *, epsilon=0.0, requery_every=1, ensemble_m=None, resample_every=0):
@@ -86,24 +88,25 @@ def _model_obs(obs, stats):
 
 def _decode(reference, obs, tokens):
     """(un-normalised chunk [B, H, A], normalised keypose [B, A]) by hand."""
-    policy, stats = reference
-    chunk, keypose = policy._decode(policy._state, _model_obs(obs, stats),
-                                    jnp.asarray(obs["language_embedding"]), jnp.asarray(tokens))
+    policy, stats = reference[:2]
+    chunk, keypose = policy.functions["decode"](_model_obs(obs, stats), obs["language_embedding"],
+                                                np.asarray(tokens, np.float32))
     return _unnorm(np.asarray(chunk), stats["action"]), np.asarray(keypose, np.float64)
 
 
 def _sample(reference, obs, infos, counter, steps_in=0, seed=0):
-    """Tokens the policy's sampler call `counter` (since reset) draws for a new skill:
-    the key is the policy's documented per-batch seed (reset) folded with the call
-    index."""
-    policy, stats = reference
-    first = infos[0]
-    key = jax.random.PRNGKey(zlib.crc32(
-        f"{seed}/{first.seed}/{first.layout}/{len(infos)}".encode()))
-    tokens, _, _ = policy._sample_decode(
-        policy._state, key, counter, _model_obs(obs, stats),
-        jnp.asarray(obs["language_embedding"]), jnp.zeros_like(policy._tokens),
-        jnp.ones(len(infos), bool), jnp.full(len(infos), steps_in, jnp.int32))
+    """Tokens each environment's draw number `counter` (since reset) gives for a new
+    skill: the key is the documented per-environment seed (runtime.episode_seed: the
+    option seed, task, seed, layout and episode of its TaskInfo) folded with the
+    environment's draw count."""
+    from atomskill_jax.methods.atomskill.runtime import episode_seed
+
+    policy, stats = reference[:2]
+    seeds = np.array([episode_seed(seed, info) for info in infos], np.uint32)
+    tokens, _, _ = policy.functions["sample_decode"](
+        _model_obs(obs, stats), obs["language_embedding"], np.zeros_like(policy._tokens),
+        np.ones(len(infos), bool), np.full(len(infos), steps_in, np.int32), seeds,
+        np.full(len(infos), counter, np.int32))
     return np.asarray(tokens)
 
 
@@ -159,10 +162,8 @@ def test_resampling_draws_with_the_steps_into_the_skill(reference):
 
 
 def _codebook(policy):
-    from flax import nnx
-
-    rows = [np.asarray(v.get_value()) for k, v in nnx.to_flat_state(policy._state)
-            if str(k[-1]) == "codebook"]
+    rows = [np.asarray(v) for k, v in policy.program.params.items()
+            if k.split("/")[-1] == "codebook"]
     assert len(rows) == 1, "expected one VQ codebook in the model state"
     return rows[0]
 
@@ -191,7 +192,7 @@ def test_a_skill_starting_in_one_environment_leaves_the_others_alone(reference):
     spare = [row for row in codebook if tuple(row) not in used]
     assert spare, "the sampler used every code; no spare code to mark the skills with"
     held = np.broadcast_to(spare[0], np.asarray(policy._tokens).shape).copy()
-    policy._tokens = jnp.asarray(held)
+    policy._tokens = held
 
     others = [i for i in range(B) if i != j]
     a1 = policy.infer(obs[1])
@@ -280,15 +281,18 @@ def test_policy_runs_the_ema_sampler_and_the_frozen_skill_model(tiny_trained_wor
 
     from atomskill_jax.training.optimizer import learning_rate_schedule
 
-    policy = reference[0]
-    config = policy.config
+    from atomskill_jax.policies.loading import load_model
+
+    policy, _, config = reference
     assert learning_rate_schedule(config.optim, int(config.train.sampler_steps))(0) == 0.0, (
         "the tiny config's warm-up no longer starts at lr 0: the hand EMA below assumes "
         "step 0 leaves the sampler at its init; update this test")
     assert int(config.train.sampler_steps) == 2, "the hand EMA below is for 2 sampler steps"
-    flat = nnx.to_flat_state(policy._state)  # every variable the policy runs
-    ran = {tuple(str(p) for p in k): np.asarray(v.get_value()) for k, v in flat}
+    # Every variable the policy runs (its program's parameters, by state path).
+    ran = {tuple(k.split("/")): np.asarray(v) for k, v in policy.program.params.items()}
+    flat = nnx.to_flat_state(nnx.state(load_model(tiny_trained_workdir)[0]))
     is_param = {tuple(str(p) for p in k) for k, v in flat if isinstance(v, nnx.Param)}
+    assert set(ran) == {tuple(str(p) for p in k) for k, _ in flat}
     root = os.path.join(tiny_trained_workdir, "{}", "checkpoints", "2", "{}")
     saved = _flat(_restore(root.format("sampler", "params")))
     skill = _flat(_restore(root.format("skill", "params")))

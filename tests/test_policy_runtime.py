@@ -75,13 +75,13 @@ def test_resampling_within_a_skill(workdir):
         policy = load_policy(workdir, resample_every=resample_every)
         policy.epsilon, policy.max_skill_steps = 0.0, 100  # no trigger, no cap
         policy.reset(_infos(2))
-        calls, original = [], policy._sample_decode
+        calls, original = [], policy.functions["sample_decode"]
 
-        def spy(*args):
-            calls.append((len(calls), np.asarray(args[6]).tolist(), np.asarray(args[7]).tolist()))
+        def spy(*args):  # (obs, lang, tokens, starting, skill_step, seeds, draws)
+            calls.append((len(calls), np.asarray(args[3]).tolist(), np.asarray(args[4]).tolist()))
             return original(*args)
 
-        policy._sample_decode = spy
+        policy.functions["sample_decode"] = spy
         step_of_call = []
         for t in range(steps):
             before = len(calls)
@@ -200,34 +200,35 @@ def test_act_like_baseline_executes_chunks(metaworld_rlds_dir):
     import ml_collections
     from flax import nnx
 
-    from atomskill_jax.data.normalization import FieldStatistics, Normalizer, normalizer_keys
+    from atomskill_jax.data.normalization import FieldStatistics
     from atomskill_jax.methods.atomskill.model import AtomSkill
     from atomskill_jax.methods.atomskill.config import tiny_model_config
-    from atomskill_jax.policies.adapters import MetaWorldDeltaAdapter
-    from atomskill_jax.methods.atomskill.policy import AtomSkillPolicy, RuntimeOptions
+    from atomskill_jax.methods.atomskill.policy import policy_from_assets
 
     m = tiny_model_config()
     m.decoder.skill_conditioning = False
     m.cameras, m.state_dim, m.proprio_dim, m.language_dim = (), 39, 4, 384
     config = ml_collections.ConfigDict({"model": m, "data": {
-        "action_space": "action", "image_size": (32, 32)}})
+        "action_space": "action", "image_size": (32, 32),
+        "normalization": {"mode": "mean_std"}}})
     model = AtomSkill(m, rngs=nnx.Rngs(0))
 
     def stats(d):
         z = np.zeros(d, np.float32)
-        return FieldStatistics(z, z + 1, z - 1, z + 1, z - 1, z + 1)
+        return FieldStatistics(z, z + 1, z - 1, z + 1, z - 1, z + 1).to_json()
 
     fields = {"action": stats(4), "action_abs": stats(4), "observation/proprio": stats(4),
               "observation/state": stats(39)}
-    normalizer = Normalizer(keys=normalizer_keys("action"), statistics=[fields])
-    policy = AtomSkillPolicy(model, config, normalizer, MetaWorldDeltaAdapter(),
-                             RuntimeOptions(requery_every=3), epsilon=0.1, max_skill_steps=10)
-    assert policy.spec.name == "act_like" and policy._sample_decode is None
+    assets = {"config": config.to_dict(), "datasets": ["metaworld_scripted"],
+              "statistics": [{"fields": fields, "num_episodes": 1, "num_steps": 1,
+                              "fingerprint": "test"}]}
+    policy = policy_from_assets(model, assets, {"requery_every": 3})
+    assert policy.spec.name == "act_like" and set(policy.functions) == {"decode"}
     policy.reset(_infos(2))
     calls = []
-    decode = policy._decode
-    policy._decode = lambda *a: calls.append(1) or decode(*a)
-    chunk = np.asarray(decode(policy._state, *policy._model_inputs(_obs(2)), None)[0])
+    decode = policy.functions["decode"]
+    policy.functions["decode"] = lambda *a: calls.append(1) or decode(*a)
+    chunk = np.asarray(decode(*policy._model_inputs(_obs(2)))[0])
     actions = [policy.infer(_obs(2)) for _ in range(7)]
     assert len(calls) == 3  # steps 0, 3, 6
     np.testing.assert_allclose(np.stack(actions[:3], 1), chunk[:, :3], rtol=1e-5, atol=1e-6)

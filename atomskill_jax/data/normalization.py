@@ -194,3 +194,19 @@ def normalizer_from_config(config, statistics: Sequence[Any]) -> Normalizer:
     return Normalizer(keys=normalizer_keys(config.action_space),
                       statistics=[getattr(s, "fields", s) for s in statistics],
                       mode=config.normalization.mode, masks=masks)
+
+
+def normalizer_to_json(normalizer: Normalizer) -> dict:
+    """The normaliser's rule without its statistics (saved beside them by exports)."""
+    return {"keys": dict(normalizer.keys), "mode": normalizer.mode,
+            "masks": {k: [bool(b) for b in v] for k, v in normalizer.masks.items()},
+            "index_key": normalizer.index_key}
+
+
+def normalizer_from_json(data: Mapping[str, Any], statistics: Sequence[Any]) -> Normalizer:
+    """Inverse of `normalizer_to_json`, with per-dataset statistics (DatasetStatistics
+    or {field: FieldStatistics})."""
+    return Normalizer(keys=dict(data["keys"]), mode=str(data["mode"]),
+                      statistics=[getattr(s, "fields", s) for s in statistics],
+                      masks={k: tuple(bool(b) for b in v) for k, v in data["masks"].items()},
+                      index_key=str(data.get("index_key", "dataset_index")))

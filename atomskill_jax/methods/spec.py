@@ -76,6 +76,10 @@ class MethodSpec:
     # (model, assets, options: dict) -> policies.base.Policy; `assets` is the checkpoint's
     # assets item (config, statistics, datasets, calibration)
     make_policy: Callable[[Any, dict, dict], Any]
+    # (model, assets, options) -> policies.program.Program: the policy as pure batched
+    # model functions + a numpy runtime (what `atomskill export` writes and the server
+    # batches); None: the method cannot be exported
+    make_program: Callable[[Any, dict, dict], Any] | None = None
     # (config, pipeline, model) -> JSON-able dict saved as assets["calibration"] with the
     # final checkpoint (None: nothing to calibrate)
     calibrate: Callable[[Any, Any, Any], dict] | None = None

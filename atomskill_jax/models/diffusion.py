@@ -189,8 +189,9 @@ class SkillSampler(nnx.Module):
                guidance: float | None = None, label_id=None, skill_step=None) -> jax.Array:
         """DDIM from noise to standardised tokens [B, n, d] (not yet quantised).
 
-        `num_steps` and `guidance` are Python numbers (they shape the graph);
-        `skill_step` [B]: steps since the skill began (None: 0, a new skill).
+        `key`: one key, or typed keys [B], one per example (each row then depends on
+        its own key only); `num_steps` and `guidance` are Python numbers (they shape
+        the graph); `skill_step` [B]: steps since the skill began (None: 0, a new skill).
         """
         num_steps = self.default_ddim_steps if num_steps is None else int(num_steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
@@ -203,8 +204,25 @@ class SkillSampler(nnx.Module):
         ab = self.alphas_cumprod()
         steps = ddim_timesteps(self.num_train_timesteps, num_steps)
         prev = np.append(steps[1:], -1)
-        noise_key, step_key = jax.random.split(key)
-        x = jax.random.normal(noise_key, shape, jnp.float32)
+        if _per_example(key, b):
+            # One key per example (typed keys [B]): a row's draw depends on its own key
+            # only, whatever else shares the batch (the server batches connections).
+            pairs = jax.vmap(jax.random.split)(key)
+            noise_key, step_key = pairs[:, 0], pairs[:, 1]
+
+            def normal(k, like_shape):
+                return jax.vmap(lambda kk: jax.random.normal(kk, like_shape[1:], jnp.float32))(k)
+
+            step_keys = jnp.swapaxes(
+                jax.vmap(lambda k: jax.random.split(k, len(steps)))(step_key), 0, 1)
+        else:
+            noise_key, step_key = jax.random.split(key)
+
+            def normal(k, like_shape):
+                return jax.random.normal(k, like_shape, jnp.float32)
+
+            step_keys = jax.random.split(step_key, len(steps))
+        x = normal(noise_key, shape)
 
         def step(x, inputs):
             t, t_prev, k = inputs
@@ -224,12 +242,22 @@ class SkillSampler(nnx.Module):
             eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)  # the noise consistent with x0
             sigma = self.ddim_eta * jnp.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
             direction = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0)) * eps
-            x = jnp.sqrt(a_prev) * x0 + direction + sigma * jax.random.normal(k, x.shape)
+            x = jnp.sqrt(a_prev) * x0 + direction + sigma * normal(k, x.shape)
             return x, None
 
-        keys = jax.random.split(step_key, len(steps))
-        x, _ = jax.lax.scan(step, x, (jnp.asarray(steps), jnp.asarray(prev, jnp.int32), keys))
+        x, _ = jax.lax.scan(step, x, (jnp.asarray(steps), jnp.asarray(prev, jnp.int32),
+                                      step_keys))
         return x
+
+
+def _per_example(key, batch: int) -> bool:
+    """True for a batch of typed keys [B] (one per example); False for one key."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if typed and key.ndim == 1:
+        if key.shape[0] != batch:
+            raise ValueError(f"{key.shape[0]} per-example keys for a batch of {batch}")
+        return True
+    return False
 
 
 def codebook_standardisation(codebook: jax.Array) -> tuple[jax.Array, jax.Array]:

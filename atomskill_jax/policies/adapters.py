@@ -68,3 +68,16 @@ def adapter_for(embodiment: str, action_space: str, datasets=()):
     if embodiment not in ADAPTERS:
         raise ValueError(f"unknown embodiment {embodiment!r}; known: {sorted(ADAPTERS)}")
     return ADAPTERS[embodiment]()
+
+
+# Control frequencies (Hz) of the simulators the builders record, by dataset name:
+# MetaWorld steps 5 MuJoCo substeps of 2.5 ms; LIBERO (robosuite) runs at 20 Hz; ALOHA
+# (gym-aloha and the real arms) at 50 Hz.
+CONTROL_HZ = {"metaworld": 80.0, "libero": 20.0, "aloha": 50.0}
+
+
+def control_hz_for(datasets=()) -> float | None:
+    """The control frequency of the datasets a policy was trained on (None: unknown)."""
+    rates = {hz for name, hz in CONTROL_HZ.items()
+             if any(name in str(d).lower() for d in datasets)}
+    return rates.pop() if len(rates) == 1 else None

@@ -81,6 +81,16 @@ class ChunkBuffer:
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("bs,bsa->ba", weights, per_slot).astype(np.float32)
 
+    def planned(self) -> list[np.ndarray]:
+        """Per environment, the newest chunk's actions from the current step on ([h, A],
+        empty when none is left): what a client may play while its next request is late."""
+        out = []
+        for b in range(len(self.ages)):
+            age = int(self.ages[b, 0])
+            out.append(self.chunks[b, 0, age:].copy() if age >= 0
+                       else np.zeros((0, self.chunks.shape[-1]), np.float32))
+        return out
+
     def advance(self) -> None:
         """One step executed: every chunk ages; chunks past their horizon are dropped."""
         live = self.ages >= 0

@@ -4,6 +4,9 @@ instruction embedding to an action chunk, executed with re-planning every
 environments. Methods without skills (the MLP floor) use it as their policy; it runs
 exactly the arithmetic of AtomSkill's skill-less (ACT-like) path.
 
+A program (policies/program.py): one model function, `decode(params, observation,
+language_embedding) -> chunk [B, H, A]` (normalised); this module's `ChunkPolicy` is
+its numpy runtime (`build`), used in-process, by exported artefacts and by the server.
 Normalisation uses the statistics saved in the checkpoint's assets: observations in
 (`observation/*`), chunks out (the action space's field).
 """
@@ -14,12 +17,11 @@ import dataclasses
 import math
 from typing import Callable, Mapping, Sequence
 
-import jax
 import numpy as np
-from flax import nnx
 
-from atomskill_jax.policies import chaining
-from atomskill_jax.policies.base import Policy, PolicySpec, TaskInfo, batch_size
+from atomskill_jax.policies import chaining, runtime_settings
+from atomskill_jax.policies.base import Policy, TaskInfo, batch_size
+from atomskill_jax.policies.program import ArraySpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,24 +53,17 @@ def resolve_ensemble_m(given, default) -> float | None:
 
 
 class ChunkPolicy(Policy):
-    """`predict(model, observation, language_embedding) -> chunk [B, H, A]` (normalised),
-    jitted once per batch size at `reset`."""
+    """`functions["decode"](observation, language_embedding) -> chunk [B, H, A]`
+    (normalised), compiled for the batch size at `reset`."""
 
-    def __init__(self, model, predict: Callable, normalizer, spec: PolicySpec, *,
-                 horizon: int, options: ChunkOptions, ensemble_m: float | None,
-                 input_spec: Mapping[str, tuple]):
-        self.normalizer, self.spec, self.options = normalizer, spec, options
-        self.horizon, self.action_dim = int(horizon), int(spec.action_dim)
-        self.ensemble_m = ensemble_m
-        self.input_spec = dict(input_spec)
-        self._obs_keys = [k for k in input_spec if k != "language_embedding"]
-        graphdef, state = nnx.split(model)
-        self._state = state
-
-        def decode(state, obs, lang):
-            return predict(nnx.merge(graphdef, state), obs, lang)
-
-        self._decode = jax.jit(decode)
+    def __init__(self, functions: Mapping[str, Callable], settings: dict, options: ChunkOptions):
+        self.functions, self.settings, self.options = dict(functions), settings, options
+        self.normalizer = runtime_settings.normalizer(settings)
+        self.spec = runtime_settings.policy_spec(settings, options.name)
+        self.horizon, self.action_dim = int(settings["horizon"]), int(self.spec.action_dim)
+        self.ensemble_m = options.ensemble_m
+        self.input_spec = runtime_settings.input_spec(settings)
+        self._obs_keys = [k for k in self.input_spec if k != "language_embedding"]
         self._warm: set[int] = set()
         self._batch = 0
 
@@ -83,9 +78,9 @@ class ChunkPolicy(Policy):
     def warmup(self, b: int) -> None:
         if b in self._warm:
             return
-        zeros = {k: np.zeros((b, *shape), dtype) for k, (shape, dtype) in self.input_spec.items()}
+        zeros = {k: s.zeros(b) for k, s in self.input_spec.items()}
         lang = zeros.pop("language_embedding")
-        jax.block_until_ready(self._decode(self._state, zeros, lang))
+        self.functions["decode"](zeros, lang)
         self._warm.add(b)
 
     def _model_inputs(self, observation: Mapping[str, np.ndarray]):
@@ -105,7 +100,7 @@ class ChunkPolicy(Policy):
         obs, lang = self._model_inputs(observation)
         query = self._chunks.needs_query()
         if query.any():
-            chunk = self._decode(self._state, obs, lang)
+            chunk = self.functions["decode"](obs, lang)
             chunk = self.normalizer.unnormalize(
                 {"action_chunk": np.asarray(chunk)},
                 dataset_index=self.options.dataset_index)["action_chunk"]
@@ -114,20 +109,41 @@ class ChunkPolicy(Policy):
         self._chunks.advance()
         return action
 
+    def planned_actions(self) -> np.ndarray:
+        """[B, h, A]: the newest chunk's actions from the next step on (see chaining)."""
+        return self._chunks.planned()
+
+
+def build(functions: Mapping[str, Callable], settings: dict, overrides: Mapping) -> ChunkPolicy:
+    """The program runtime factory (policies/program.py)."""
+    from atomskill_jax.policies.program import merged_options
+
+    options = merged_options(settings, overrides, what="chunk policy")
+    if "ensemble_m" in overrides and overrides["ensemble_m"] is not None:
+        options["ensemble_m"] = resolve_ensemble_m(overrides["ensemble_m"], None)
+    opts = ChunkOptions(**options)
+    runtime_settings.check_dataset_index(settings, opts.dataset_index, "chunk policy")
+    return ChunkPolicy(functions, settings, opts)
+
 
 def _predict_actions(model, obs, lang):
     return model.predict_actions(obs, lang)[0]
 
 
-def chunk_policy_from_assets(model, assets: dict, options: dict, *, default_name: str,
-                             observation_keys: Sequence[str], default_ensemble_m=None,
-                             predict: Callable = _predict_actions) -> ChunkPolicy:
-    """A ChunkPolicy from a checkpoint's assets (config, statistics); `options` are
-    ChunkOptions fields. `predict` defaults to `model.predict_actions(obs, lang)[0]`."""
+def chunk_program(model, assets: dict, options: dict, *, method: str, default_name: str,
+                  observation_keys: Sequence[str], default_ensemble_m=None,
+                  predict: Callable = _predict_actions):
+    """A chunk policy's program from a model and its checkpoint's assets (config,
+    statistics); `options` are ChunkOptions fields. `predict(model, obs, lang)` defaults to
+    `model.predict_actions(obs, lang)[0]`."""
     import ml_collections
 
     from atomskill_jax.data.normalization import normalizer_from_config
     from atomskill_jax.data.statistics import DatasetStatistics
+    from atomskill_jax.policies import adapters
+    from atomskill_jax.policies.base import PolicySpec
+    from atomskill_jax.policies.model_functions import flat_params
+    from atomskill_jax.policies.program import ModelFunction, Program
 
     known = [f.name for f in dataclasses.fields(ChunkOptions)]
     unknown = sorted(set(options) - set(known))
@@ -148,7 +164,29 @@ def chunk_policy_from_assets(model, assets: dict, options: dict, *, default_name
     spec = PolicySpec(name=opts.name or default_name, action_space=config.data.action_space,
                       action_dim=int(m.action_dim), observation_keys=tuple(input_spec),
                       image_size=image_size)
-    return ChunkPolicy(model, predict, normalizer_from_config(config.data, stats), spec,
-                       horizon=int(m.horizon), options=opts,
-                       ensemble_m=resolve_ensemble_m(opts.ensemble_m, default_ensemble_m),
-                       input_spec=input_spec)
+    normalizer = normalizer_from_config(config.data, stats)
+    settings = runtime_settings.common_settings(
+        spec, input_spec, normalizer, assets["statistics"], horizon=int(m.horizon),
+        control_hz=adapters.control_hz_for(assets.get("datasets", ())))
+    resolved = dataclasses.asdict(opts)
+    resolved["ensemble_m"] = resolve_ensemble_m(opts.ensemble_m, default_ensemble_m)
+    resolved["name"] = spec.name
+    settings.update(options=resolved, traced_options=[])
+    params, bind = flat_params(model)
+
+    def decode(params, obs, lang):
+        return predict(bind(params), obs, lang)
+
+    obs_specs = {k: ArraySpec(s, d) for k, (s, d) in input_spec.items()
+                 if k != "language_embedding"}
+    lang_spec = ArraySpec(*input_spec["language_embedding"])
+    return Program(method=method, params=params, settings=settings,
+                   runtime="atomskill_jax.policies.chunk_policy:build",
+                   functions={"decode": ModelFunction(decode, (obs_specs, lang_spec))})
+
+
+def chunk_policy_from_assets(model, assets: dict, options: dict, **kwargs) -> ChunkPolicy:
+    """The in-process chunk policy (see `chunk_program`)."""
+    from atomskill_jax.policies.in_process import policy_from_program
+
+    return policy_from_program(chunk_program(model, assets, options, **kwargs))

@@ -1,137 +1,30 @@
-"""The USR policy runtime: per environment an observation history of L normalised frames
-(reset at `reset`; the first step fills it with the first observation, as the training
-examples pad the episode start), the prior's argmax code and the Gaussian policy's mean
-chunk, executed through policies/chaining.ChunkBuffer (re-query every `requery_every`
-steps; optional temporal ensembling, ACT's m). The history advances every step, also
-between queries.
-"""
+"""USR's policy as a program (policies/program.py): one model function,
+`predict(params, history {key: [B, L, ...]}, language [B, E]) -> (mean chunk [B, H, A]
+normalised, the prior's code [B] or -1)`, and the settings of the numpy runtime in
+`runtime.py` (the inference procedure is described there)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Mapping, Sequence
 
-import jax
 import ml_collections
-import numpy as np
-from flax import nnx
 
 from atomskill_jax.methods.usr.data import input_spec as usr_input_spec
 from atomskill_jax.methods.usr.data import normalizer_keys
-from atomskill_jax.policies import chaining
-from atomskill_jax.policies.base import Policy, PolicySpec, TaskInfo, batch_size
+from atomskill_jax.methods.usr.runtime import (USROptions, USRPolicy, parse_options,
+                                               resolve_ensemble_m)
+from atomskill_jax.policies.program import ArraySpec, ModelFunction, Program
+
+__all__ = ["USROptions", "USRPolicy", "make_program", "parse_options", "policy_from_assets",
+           "resolve_ensemble_m"]
 
 
-@dataclasses.dataclass(frozen=True)
-class USROptions:
-    requery_every: int = 1  # a new chunk every k steps
-    ensemble_m: float | str | None = None  # ACT's m; "off"; None: model.ensemble_m
-    dataset_index: int = 0  # which dataset's statistics (multi-dataset runs)
-    name: str | None = None
-    seed: int = 0  # unused (the runtime is deterministic), accepted as every policy does
-
-    def __post_init__(self):
-        if int(self.requery_every) < 1:
-            raise ValueError(f"USR policy option requery_every must be >= 1, got "
-                             f"{self.requery_every}")
-        m = self.ensemble_m
-        if m is not None and m != "off" and (isinstance(m, (str, bool))
-                                               or not math.isfinite(float(m))):
-            raise ValueError(f"USR policy option ensemble_m must be a finite number, 'off' or "
-                             f"None (the config's), got {m!r}")
-
-
-def parse_options(options: Mapping) -> USROptions:
-    known = [f.name for f in dataclasses.fields(USROptions)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"USR policy: unknown runtime options {unknown} (known: {known})")
-    return USROptions(**dict(options))
-
-
-def resolve_ensemble_m(given, default) -> float | None:
-    if given == "off":
-        return None
-    if given is not None:
-        return float(given)
-    return None if default is None else float(default)
-
-
-class USRPolicy(Policy):
-    def __init__(self, model, normalizer, spec: PolicySpec, *, config, options: USROptions):
-        self.normalizer, self.spec, self.options = normalizer, spec, options
-        m = config.model
-        self.horizon, self.history_len = int(m.horizon), int(m.history)
-        self.ensemble_m = resolve_ensemble_m(options.ensemble_m, m.get("ensemble_m"))
-        self.input_spec = usr_input_spec(config)
-        self._frame_keys = [k for k in self.input_spec if k != "language_embedding"]
-        graphdef, state = nnx.split(model)
-        self._state = state
-
-        def predict(state, history, language):
-            return nnx.merge(graphdef, state).predict(history, language)
-
-        self._predict = jax.jit(predict)
-        self._batch = 0
-        self._history = None
-        self.last_codes = None  # the prior's code per env at its last query (-1: none)
-
-    def reset(self, task_info: Sequence[TaskInfo]) -> None:
-        self._batch = len(task_info)
-        self._history = None  # filled with the first observation at the first infer
-        self._chunks = chaining.ChunkBuffer(self._batch, self.horizon, self.spec.action_dim,
-                                            requery_every=self.options.requery_every,
-                                            ensemble_m=self.ensemble_m)
-        self.last_codes = np.full(self._batch, -1, np.int64)
-
-    def _frame(self, observation) -> dict:
-        missing = [k for k in self._frame_keys + ["language_embedding"] if k not in observation]
-        if missing:
-            raise KeyError(f"policy {self.spec.name!r}: observation lacks {missing} "
-                           f"(has {sorted(observation)})")
-        batch = {"observation": {k: np.asarray(observation[k]) for k in self._frame_keys}}
-        return self.normalizer.normalize(batch, dataset_index=self.options.dataset_index)[
-            "observation"]
-
-    def _push(self, frame: dict) -> None:
-        if self._history is None:
-            self._history = {k: np.repeat(np.asarray(v)[:, None], self.history_len, axis=1)
-                             for k, v in frame.items()}
-            return
-        for k, v in frame.items():
-            h = self._history[k]
-            h[:, :-1] = h[:, 1:]
-            h[:, -1] = v
-
-    @property
-    def history(self) -> dict | None:
-        """The current history {key: [B, L, ...]} (normalised), the newest frame last."""
-        return self._history
-
-    def infer(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
-        b = batch_size(observation)
-        if b != self._batch:
-            raise ValueError(f"policy {self.spec.name!r}: {b} observations after reset() with "
-                             f"{self._batch} environments; call reset first")
-        self._push(self._frame(observation))
-        query = self._chunks.needs_query()
-        if query.any():
-            language = np.asarray(observation["language_embedding"], np.float32)
-            chunk, codes = self._predict(self._state, self._history, language)
-            chunk = self.normalizer.unnormalize(
-                {"action_chunk": np.asarray(chunk)},
-                dataset_index=self.options.dataset_index)["action_chunk"]
-            self._chunks.add(chunk, query)
-            self.last_codes = np.where(query, np.asarray(codes), self.last_codes)
-        action = self._chunks.action()
-        self._chunks.advance()
-        return action
-
-
-def policy_from_assets(model, assets: dict, options: dict) -> USRPolicy:
+def make_program(model, assets: dict, options: dict) -> Program:
     from atomskill_jax.data.normalization import normalizer_from_config
     from atomskill_jax.data.statistics import DatasetStatistics
+    from atomskill_jax.policies import adapters, runtime_settings
+    from atomskill_jax.policies.base import PolicySpec
+    from atomskill_jax.policies.model_functions import flat_params
 
     opts = parse_options(options)
     config = ml_collections.ConfigDict(assets["config"])
@@ -139,13 +32,36 @@ def policy_from_assets(model, assets: dict, options: dict) -> USRPolicy:
              for s in assets["statistics"]]
     normalizer = normalizer_from_config(config.data, stats)
     normalizer = dataclasses.replace(normalizer, keys=normalizer_keys(config.data.action_space))
-    if not 0 <= int(opts.dataset_index) < len(stats):
-        raise ValueError(f"USR policy option dataset_index={opts.dataset_index}: the checkpoint "
-                         f"has statistics of {len(stats)} dataset(s)")
+    runtime_settings.check_dataset_index({"statistics": assets["statistics"]},
+                                         opts.dataset_index, "USR policy")
     m = config.model
     name = opts.name or ("usr" if str(m.policy_condition) == "skill" else "usr_no_skill")
+    input_spec = usr_input_spec(config)
     spec = PolicySpec(name=name, action_space=str(config.data.action_space),
-                      action_dim=int(m.action_dim),
-                      observation_keys=tuple(usr_input_spec(config)),
+                      action_dim=int(m.action_dim), observation_keys=tuple(input_spec),
                       image_size=tuple(config.data.image_size))
-    return USRPolicy(model, normalizer, spec, config=config, options=opts)
+    settings = runtime_settings.common_settings(
+        spec, input_spec, normalizer, assets["statistics"], horizon=int(m.horizon),
+        control_hz=adapters.control_hz_for(assets.get("datasets", ())))
+    resolved = dataclasses.asdict(opts)
+    resolved.update(name=name, ensemble_m=resolve_ensemble_m(opts.ensemble_m,
+                                                             m.get("ensemble_m")))
+    settings.update(history=int(m.history), options=resolved, traced_options=[])
+    params, bind = flat_params(model)
+
+    def predict(params, history, language):
+        return bind(params).predict(history, language)
+
+    L = int(m.history)
+    history = {k: ArraySpec((L, *s), d) for k, (s, d) in input_spec.items()
+               if k != "language_embedding"}
+    language = ArraySpec(*input_spec["language_embedding"])
+    return Program(method="usr", params=params, settings=settings,
+                   runtime="atomskill_jax.methods.usr.runtime:build",
+                   functions={"predict": ModelFunction(predict, (history, language))})
+
+
+def policy_from_assets(model, assets: dict, options: dict) -> USRPolicy:
+    from atomskill_jax.policies.in_process import policy_from_program
+
+    return policy_from_program(make_program(model, assets, options))

@@ -34,8 +34,9 @@ class HistoryEncoder(nnx.Module):
 
     def __call__(self, history, language, *, clip=None):
         """history: {key: [B, L, ...]} -> (tokens [B, L*N, d], instruction token [B, 1, d])."""
-        lead = next(iter(history.values())).shape[:2]
-        b, n_frames = int(lead[0]), int(lead[1])
+        # b stays a (possibly symbolic) dimension: exported policies batch symbolically.
+        b, n_frames = next(iter(history.values())).shape[:2]
+        n_frames = int(n_frames)
         if n_frames != self.history:
             raise ValueError(f"observation history has {n_frames} frames, model.history="
                              f"{self.history}")
