@@ -420,6 +420,10 @@ def test_interbotix_io_on_stand_in_modules(monkeypatch, ros):
     assert sent[(names[0], "single")] == pytest.approx(0.6 + 0.1)
     assert sent[(names[1], "single")] == pytest.approx(1.4910 - 0.1)
     assert all(isinstance(v, float) for cmd in sent.values() for v in np.atleast_1d(cmd))
+    log["cores"][names[0]].joint_states = types.SimpleNamespace(
+        name=["waist"], position=[0.0], velocity=[0.0], effort=[0.0])
+    with pytest.raises(RuntimeError, match=f"{names[0]}: joint_states names"):
+        io.read()
     env.close()
     assert ("down" in log["calls"]) == (ros == "ros2")
 

@@ -411,22 +411,18 @@ def import_robot_packages(ros: str = "auto") -> tuple[str, dict[str, types.Modul
         ros = "ros2" if _importable("rclpy") else ("ros1" if _importable("rospy") else "")
     if ros and ros not in _ROS_MODULES:
         raise ValueError(f"ros={ros!r}: use 'auto', 'ros1' or 'ros2'")
-    missing = [] if ros else ["rclpy", "rospy"]  # neither ROS: either one would do
-    modules = {}
-    for name in _ROS_MODULES[ros or "ros2"][0 if ros else 1:]:
+    modules, failures = {}, []
+    for name in _ROS_MODULES[ros or "ros2"][0 if ros else 1:]:  # without ROS: the rest
         try:
             modules[name] = importlib.import_module(name)
         except ImportError as err:
-            missing.append(((getattr(err, "name", None) or name).split(".")[0], err))
-    if missing:
-        lines = ["  neither rclpy (ROS 2) nor rospy (ROS 1) is importable:",
-                 f"    {ROBOT_PACKAGES['rclpy']}", f"    or {ROBOT_PACKAGES['rospy']}"] \
-            if not ros else []
-        for item in missing:
-            if isinstance(item, tuple):  # the ROS names themselves are covered above
-                package, err = item
-                hint = ROBOT_PACKAGES.get(package, "install it into this Python")
-                lines.append(f"  {package} ({type(err).__name__}: {err}): {hint}")
+            failures.append(((getattr(err, "name", None) or name).split(".")[0], err))
+    if failures or not ros:
+        lines = [] if ros else ["  neither rclpy (ROS 2) nor rospy (ROS 1) is importable:",
+                                f"    {ROBOT_PACKAGES['rclpy']}", f"    or {ROBOT_PACKAGES['rospy']}"]
+        lines += [f"  {package} ({type(err).__name__}: {err}): "
+                  f"{ROBOT_PACKAGES.get(package, 'install it into this Python')}"
+                  for package, err in failures]
         raise RobotPackagesMissing(
             "the real ALOHA arms need packages this Python cannot import:\n"
             + "\n".join(lines) + "\n(the simulated arms, SimulatedArmsIO, need none of them)")
@@ -468,7 +464,7 @@ class InterbotixArmsIO:
     def open(self) -> None:
         ros, m = import_robot_packages(self.ros)
         self.ros = ros
-        names = tuple(self.robot_names or DEFAULT_ROBOT_NAMES[ros])
+        names = self._names = tuple(self.robot_names or DEFAULT_ROBOT_NAMES[ros])
         topic = self.camera_topic or DEFAULT_CAMERA_TOPICS[ros]
         image_type = m["sensor_msgs.msg"].Image
         msgs = m["interbotix_xs_msgs.msg"]
@@ -539,7 +535,7 @@ class InterbotixArmsIO:
                 try:
                     index = [names.index(j) for j in JOINT_NAMES + ("left_finger", "gripper")]
                 except ValueError:
-                    raise RuntimeError(f"{self.robot_names or side}: joint_states names {names} "
+                    raise RuntimeError(f"{self._names[side]}: joint_states names {names} "
                                        f"lack one of {JOINT_NAMES + ('left_finger', 'gripper')}")
                 self._indices[side] = (names, index)
             index = self._indices[side][1]
