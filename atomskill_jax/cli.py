@@ -10,6 +10,7 @@
     atomskill eval --compare W1 W2 ...
     atomskill reproduce table1 --out=DIR [--print-commands]   # table1 | table4 | table5
     atomskill export --workdir=W --out=P [--platforms=cpu,cuda]
+    atomskill serve --policy=P [--host=127.0.0.1 --port=8000 --token=T]
     atomskill demo
 
 Heavy imports (TensorFlow, MuJoCo, JAX) happen inside the subcommand that needs
@@ -27,9 +28,7 @@ import json
 import os
 import sys
 
-NOT_YET = {
-    "serve": "a later issue (websocket policy server)",
-}
+NOT_YET: dict[str, str] = {}
 BUILD_SOURCES = ("metaworld", "aloha_sim", "aloha_hdf5", "libero_hdf5", "rlbench")
 TRACEBACK_ENV = "ATOMSKILL_TRACEBACK"
 KNOWN_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, OSError, RuntimeError)
@@ -297,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     from atomskill_jax.commands import export as export_command  # argparse only at import
 
     export_command.add_parser(sub)
+    from atomskill_jax.commands import serve as serve_command  # argparse only at import
+
+    serve_command.add_parser(sub)
     for name, where in NOT_YET.items():
         sub.add_parser(name, help=f"not yet available: {where}")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"build-data": _cmd_build_data, "annotate": _cmd_annotate,
                "stats": _cmd_stats, "demo": _cmd_demo, "train": _cmd_train,
                "sweep": _cmd_sweep, "eval": _cmd_eval, "plot": plot_command.run,
-               "reproduce": reproduce.run, "export": export_command.run}[args.command]
+               "reproduce": reproduce.run, "export": export_command.run,
+               "serve": serve_command.run}[args.command]
     try:
         return handler(args)
     except _known_errors() as err:

@@ -29,7 +29,7 @@ from atomskill_jax.policies.program import build_runtime
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "load_policy", "load_functions", "read_manifest"]
+__all__ = ["ExportError", "load_functions", "load_parts", "load_policy", "read_manifest"]
 
 
 def read_manifest(directory: str) -> dict:
@@ -106,9 +106,9 @@ def _json(directory: str, name: str, default=None):
         return json.load(f)
 
 
-def load_policy(directory: str, **overrides):
-    """The exported policy with runtime options `overrides` (the method's runtime options;
-    those compiled into the functions cannot change)."""
+def load_parts(directory: str) -> tuple[dict[str, Callable], str, dict, dict]:
+    """(functions, runtime path, runtime settings, manifest) of an exported policy: what
+    `load_policy` builds a policy from (the server builds one per connection)."""
     manifest = read_manifest(directory)
     _check_age(directory, manifest)
     functions = load_functions(directory, manifest)
@@ -118,7 +118,14 @@ def load_policy(directory: str, **overrides):
     calibration = _json(directory, "calibration.json", default={})
     if calibration:
         settings["calibration"] = calibration
-    policy = build_runtime(runtime["runtime"], functions, settings, overrides)
+    return functions, runtime["runtime"], settings, manifest
+
+
+def load_policy(directory: str, **overrides):
+    """The exported policy with runtime options `overrides` (the method's runtime options;
+    those compiled into the functions cannot change)."""
+    functions, runtime, settings, manifest = load_parts(directory)
+    policy = build_runtime(runtime, functions, settings, overrides)
     policy.manifest = manifest
     policy.checkpoint_step = manifest.get("source", {}).get("step")
     return policy

@@ -75,17 +75,22 @@ def _close_details(exc: ConnectionClosed):
 
 
 def check_observation(observation: Mapping[str, Any], spec: Mapping[str, Mapping]) -> None:
-    """Raises ObservationError unless `observation` has exactly the metadata's keys, with
+    """Raises ObservationError unless `observation` has exactly the metadata's keys (those
+    marked "optional" may be missing), with
     their dtypes and shapes (no batch axis) and finite floats: the server would refuse it."""
     if not isinstance(observation, Mapping):
         raise ObservationError("", f"expected a dict of arrays, got {type(observation).__name__}")
-    missing = sorted(set(spec) - set(observation))
+    # Keys the metadata marks optional (the server fills them, e.g. the instruction's
+    # embedding from the reset) may be left out.
+    missing = sorted(k for k in set(spec) - set(observation) if not spec[k].get("optional"))
     extra = sorted(set(observation) - set(spec))
     if missing or extra:
         key = (missing or extra)[0]
         raise ObservationError(key, f"keys differ from the server's metadata: missing {missing}, "
                                     f"extra {extra}; the server expects {sorted(spec)}")
     for key, entry in spec.items():
+        if key not in observation:
+            continue  # an optional key left out
         value = observation[key]
         if entry.get("dtype") == "str":
             if not isinstance(value, str):
