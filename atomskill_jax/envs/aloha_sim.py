@@ -150,8 +150,9 @@ class AlohaSimEnv:
     def physics(self):
         return self._env.physics
 
-    def reset(self, seed: int) -> dict[str, np.ndarray]:
-        """Place the objects as gym-aloha's `reset(seed=seed)` does; the arms at rest."""
+    def reset(self, seed: int, *, render: bool = True) -> dict[str, np.ndarray]:
+        """Place the objects as gym-aloha's `reset(seed=seed)` does; the arms at rest.
+        `render=False` leaves the images out."""
         from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
         seed = int(seed)
@@ -162,7 +163,7 @@ class AlohaSimEnv:
         self._sim.BOX_POSE[0] = pose  # gym-aloha's channel to initialize_episode
         self._raw = dict(self._env.reset().observation)
         self.seed, self.steps, self.best_reward = seed, 0, 0.0
-        return self.observation()
+        return self.observation(render)
 
     def step(self, action: np.ndarray, *, render: bool = True):
         """One 50 Hz control step; returns (observation, reward, terminated, truncated,

@@ -125,6 +125,7 @@ class AlohaSimScripted(episode_builder.RldsEpisodeBuilder):
 
     def _episodes_of_task(self, task, instruction, embedding, annotator, progress, worker):
         cfg = self.builder_config
+        spec = self.episode_spec()
         env = None if worker else aloha_sim.AlohaSimEnv(task, max_steps=cfg.max_steps)
         kept = attempts = 0
         try:
@@ -141,6 +142,8 @@ class AlohaSimScripted(episode_builder.RldsEpisodeBuilder):
                                                        env=env)
                     episode = self._episode(roll, task, layout, episode_id, instruction,
                                             embedding, annotator)
+                    # Here, not only in the base: a bad episode must not count as kept.
+                    rlds_schema.validate_episode(episode, spec)
                 except Exception as err:  # noqa: BLE001 - reported by the base
                     yield episode_id, _raiser(err)
                     continue

@@ -272,8 +272,8 @@ class Insertion(ScriptedExpert):
     """Right grasps the peg, left the socket, both from above at their middles; both
     lift, the peg is lined up with the socket as actually held, then pushed in."""
 
-    length = 360
-    replans = (130, 200, 245)
+    length = 350
+    replans = (120, 190, 235)
     socket_meet = np.array([-0.08, 0.5, 0.22])
     _insert_depth = 0.095  # peg centre ahead of the socket centre; the pin is at 0.10
 
@@ -281,11 +281,12 @@ class Insertion(ScriptedExpert):
         objs = self.env.object_state()
         peg, socket = objs[:3], objs[7:10]
         right, left = self.tracks["right"], self.tracks["left"]
-        # The left grasps first: one keyframe per gripper, not one for both.
-        left.add(55, [socket[0], socket[1], _SOCKET_Z + 0.10], _DOWN["left"])
-        left.add(85, [socket[0], socket[1], 0.012]).grip_to(90, 0.0)
-        right.add(70, [peg[0], peg[1], _PEG_Z + 0.08], _DOWN["right"])
-        right.add(105, [peg[0], peg[1], 0.008]).grip_to(110, 0.0)
+        # Both close at once: one keyframe. (A second grasp while the other gripper
+        # holds would read as a handover to the rule annotator.)
+        left.add(60, [socket[0], socket[1], _SOCKET_Z + 0.10], _DOWN["left"])
+        left.add(95, [socket[0], socket[1], 0.012]).grip_to(100, 0.0)
+        right.add(60, [peg[0], peg[1], _PEG_Z + 0.08], _DOWN["right"])
+        right.add(95, [peg[0], peg[1], 0.008]).grip_to(100, 0.0)
 
     def _peg_target(self, offset: float):
         socket_pos, socket_rot = self.object_pose("socket")
