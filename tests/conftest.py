@@ -98,3 +98,16 @@ def tiny_trained_workdir(metaworld_rlds_dir, tmp_path_factory):
         return out
 
     return _built_once(tmp_path_factory, "tiny_trained_workdir", build)
+
+
+@pytest.fixture(scope="session")
+def exported_policy_dir(tiny_trained_workdir, tmp_path_factory):
+    """The session's tiny AtomSkill exported (`atomskill export`, cpu and cuda), once."""
+    def build(out):
+        from atomskill_jax.export import writer
+
+        writer.export_workdir(tiny_trained_workdir, str(out / "policy"),
+                              platforms=("cpu", "cuda"))
+        return str(out / "policy")
+
+    return _built_once(tmp_path_factory, "exported_policy", build)

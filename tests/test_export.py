@@ -35,14 +35,11 @@ OPTIONS = {"max_skill_steps": 2, "ensemble_m": 0.1}  # skills end every 2 steps;
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_trained_workdir, tmp_path_factory):
+def exported(tiny_trained_workdir, exported_policy_dir):
     """(policy directory, the in-process policy's actions on _observations())."""
-    from atomskill_jax.export import writer
     from atomskill_jax.policies.loading import load_policy
 
-    out = str(tmp_path_factory.mktemp("export") / "policy")
-    manifest = writer.export_workdir(tiny_trained_workdir, out, platforms=("cpu", "cuda"))
-    assert manifest["platforms"] == ["cpu", "cuda"]
+    out = exported_policy_dir
     policy = load_policy(tiny_trained_workdir, **OPTIONS)
     policy.reset(_infos())
     actions = np.stack([policy.infer(o) for o in _observations()])
@@ -56,6 +53,7 @@ def test_the_directory_holds_what_the_manifest_says(exported):
     out, _ = exported
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["format"] == "atomskill-policy" and manifest["format_version"] == 1
+    assert manifest["platforms"] == ["cpu", "cuda"]
     assert manifest["method"] == "atomskill" and manifest["jax_version"]
     assert set(manifest["functions"]) == {"decode", "sample_decode"}
     assert set(manifest["files"]) == {

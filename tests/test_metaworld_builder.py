@@ -116,9 +116,10 @@ def test_cli_builds_and_reports(tmp_path):
                           "--tasks=pick-plaice", f"--out={out}"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown MetaWorld task 'pick-plaice'" in bad.stderr
-    later = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "serve", "--policy=W"],
-                           capture_output=True, text=True, timeout=60)
-    assert later.returncode == 2 and "not yet available" in later.stderr
+    missing = subprocess.run([sys.executable, "-m", "atomskill_jax.cli", "serve",
+                              f"--policy={tmp_path / 'no_policy'}"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no_policy: no such policy directory" in missing.stderr
 
 
 def _osmesa_available():
