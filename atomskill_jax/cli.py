@@ -83,25 +83,30 @@ def _add_build_data(sub) -> None:
     p.add_argument("--out", required=True, help="data directory to write into")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--suite", help="metaworld: rlbench6, mt10, mt50, ml45_train, ml45_test")
-    group.add_argument("--tasks", help="metaworld: comma-separated task names")
+    group.add_argument("--tasks", help="metaworld, aloha_sim, rlbench: comma-separated task "
+                                       "names (aloha_sim: transfer_cube,insertion, the default)")
     p.add_argument("--episodes-per-task", type=_positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="std of Gaussian noise on executed expert actions (labels stay clean)")
     p.add_argument("--keep-failed", action="store_true",
                    help="keep episodes where the expert failed (default: successful only)")
-    p.add_argument("--max-steps", type=_positive_int, default=500, help="episode length cap")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="episode length cap (default: metaworld 500, aloha_sim 400)")
     p.add_argument("--post-success-steps", type=int, default=0)
     p.add_argument("--cameras", default="", help="comma-separated cameras, e.g. corner,gripperPOV")
     p.add_argument("--image-size", type=_image_size, default=None,
-                   help="HxW or N (default: metaworld 128x128; libero_hdf5 the files' own)")
+                   help="HxW or N (default: metaworld 128x128; libero_hdf5, aloha_hdf5 the "
+                        "files' own; aloha_sim 480x640)")
     p.add_argument("--layout-split", choices=("train", "eval"), default="train")
     p.add_argument("--layout-offset", type=int, default=0)
     p.add_argument("--annotator", choices=("rule", "vlm"), default="rule")
     p.add_argument("--annotator-options", default="{}",
                    help="JSON object of annotator options, e.g. '{\"base_url\": ...}'")
-    p.add_argument("--files", help="libero_hdf5: a directory of *_demo.hdf5 files, or "
-                                   "comma-separated files")
+    p.add_argument("--files", help="libero_hdf5 / aloha_hdf5: a directory or comma-separated "
+                                   "files; rlbench: the dataset root")
+    p.add_argument("--instruction",
+                   help="aloha_hdf5: the task instruction (ACT episode files hold none)")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -124,9 +129,86 @@ def _build_libero(args) -> int:
     return 0
 
 
+def _build_aloha_sim(args) -> int:
+    if args.suite is not None:
+        print("build-data aloha_sim: --suite is for metaworld; give --tasks=transfer_cube,"
+              "insertion (the default)", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    from data_builders.aloha_sim_scripted import aloha_sim_scripted_dataset_builder as asb
+    from data_builders.aloha_sim_scripted import rollouts
+
+    cameras = tuple(c for c in args.cameras.split(",") if c)
+    if cameras:
+        with rollouts.RenderingRolloutWorker() as worker:
+            ok, why = worker.check()
+        if not ok:
+            print(f"build-data: images asked for but rendering is unavailable: {why}",
+                  file=sys.stderr)
+            return 2
+    try:
+        dataset_dir, report = asb.build(
+            args.out, tasks=args.tasks or "transfer_cube,insertion",
+            episodes_per_task=args.episodes_per_task, seed=args.seed, cameras=cameras,
+            image_size=args.image_size, overwrite=args.overwrite, annotator=args.annotator,
+            annotator_options=json.loads(args.annotator_options),
+            max_steps=args.max_steps or 400, only_successful=not args.keep_failed)
+    except (FileExistsError, ValueError) as err:
+        print(f"build-data aloha_sim: {err}", file=sys.stderr)
+        return 2
+    _print_report(dataset_dir, report)
+    return 0
+
+
+def _build_aloha_hdf5(args) -> int:
+    if not args.files or not args.instruction:
+        print("build-data aloha_hdf5: give --files=DIR_OR_FILES (episode_<i>.hdf5) and "
+              "--instruction=TEXT", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    from data_builders.aloha_hdf5 import aloha_hdf5_dataset_builder as ab
+
+    try:
+        report = ab.build_aloha_hdf5(
+            args.files, args.out, instruction=args.instruction, cameras=args.cameras or None,
+            image_size=args.image_size, overwrite=args.overwrite, annotator=args.annotator,
+            annotator_options=json.loads(args.annotator_options))
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"build-data aloha_hdf5: {err}", file=sys.stderr)
+        return 2
+    _print_report(report["dataset_dir"], report)
+    return 0
+
+
+def _build_rlbench(args) -> int:
+    if not args.files:
+        print("build-data rlbench: give --files=ROOT (the folder holding "
+              "<task>/variation<k>/episodes/episode<i>)", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    from data_builders.rlbench import rlbench_dataset_builder as rb
+
+    try:
+        report = rb.build_rlbench(
+            args.files, args.out, tasks=args.tasks, cameras=args.cameras or None,
+            image_size=args.image_size, overwrite=args.overwrite, annotator=args.annotator,
+            annotator_options=json.loads(args.annotator_options))
+    except (FileNotFoundError, FileExistsError, ValueError, rb.RLBenchUnavailable) as err:
+        print(f"build-data rlbench: {err}", file=sys.stderr)
+        return 2
+    _print_report(report["dataset_dir"], report)
+    return 0
+
+
 def _cmd_build_data(args) -> int:
     if args.source == "libero_hdf5":
         return _build_libero(args)
+    if args.source == "aloha_sim":
+        return _build_aloha_sim(args)
+    if args.source == "aloha_hdf5":
+        return _build_aloha_hdf5(args)
+    if args.source == "rlbench":
+        return _build_rlbench(args)
     if args.source != "metaworld":
         print(f"build-data {args.source}: not yet available (a later issue adds this builder)",
               file=sys.stderr)
@@ -151,7 +233,7 @@ def _cmd_build_data(args) -> int:
         args.out, suite=args.suite, tasks=args.tasks, overwrite=args.overwrite,
         episodes_per_task=args.episodes_per_task, seed=args.seed,
         action_noise_std=args.action_noise, only_successful=not args.keep_failed,
-        max_steps=args.max_steps, post_success_steps=args.post_success_steps,
+        max_steps=args.max_steps or 500, post_success_steps=args.post_success_steps,
         cameras=cameras, image_size=args.image_size or (128, 128),
         layout_split=args.layout_split,
         layout_offset=args.layout_offset, annotator=args.annotator,

@@ -21,7 +21,9 @@ import tensorflow_datasets as tfds
 from atomskill_jax.data import episode_builder, rlds_schema
 
 # Which gripper layout each builder's episodes have (segmentation needs it).
-EMBODIMENT_BY_BUILDER = {"metaworld_scripted": "metaworld_sawyer", "libero_hdf5": "libero_panda"}
+EMBODIMENT_BY_BUILDER = {"metaworld_scripted": "metaworld_sawyer", "libero_hdf5": "libero_panda",
+                         "aloha_hdf5": "aloha", "aloha_sim_scripted": "aloha",
+                         "rlbench": "rlbench_panda"}
 _STANDARD_FLOAT = {"action", "action_abs", "keypose", "reward", "discount", "language_embedding"}
 
 
