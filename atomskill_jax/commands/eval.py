@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
                    help="sample the current skill again every r steps (0: hold it until "
                         "the keypose trigger, the paper; default: the model config's "
                         "sampler.resample_every)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="evaluate the policy `atomskill serve` serves at ws://HOST:PORT "
+                        "instead of a workdir (give --out)")
+    p.add_argument("--token", default=None, help="--server: the server's shared token")
     p.add_argument("--compare", nargs="+", metavar="RUN",
                    help="workdirs or report directories to put in one table")
 
@@ -76,11 +80,12 @@ def _compare(runs) -> int:
 def run(args) -> int:
     if args.compare:
         return _compare(args.compare)
+    if getattr(args, "server", None):
+        return _run_remote(args)
     if not args.workdir:
         print("atomskill eval: give --workdir=W (or --compare RUN ...)", file=sys.stderr)
         return 2
-    from atomskill_jax.envs import metaworld_tasks
-    from atomskill_jax.eval import evaluate, to_markdown, write_report
+    from atomskill_jax.eval import evaluate, suites, to_markdown, write_report
     from atomskill_jax.eval.episode_store import check_output_dir, digest
     import ml_collections
 
@@ -88,7 +93,7 @@ def run(args) -> int:
     from atomskill_jax.policies.loading import policy_factory, read_workdir_assets
 
     suite = args.suite if args.suite or args.tasks else "rlbench6"
-    tasks = metaworld_tasks.resolve_tasks(suite if not args.tasks else None, args.tasks)
+    tasks = suites.resolve_tasks(suite if not args.tasks else None, args.tasks)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     workdir = os.path.abspath(args.workdir)
     assets, checkpoint_dir, step = read_workdir_assets(workdir, args.step)
@@ -108,7 +113,7 @@ def run(args) -> int:
                 "use_ema": not args.no_ema,
                 **{k: v for k, v in options.items() if k != "name"}, **resolved}
     label = suite if not args.tasks else "tasks"
-    what = {"identity": identity, "tasks": [metaworld_tasks.canonical_task(t) for t in tasks],
+    what = {"identity": identity, "tasks": [suites.canonical_task(t) for t in tasks],
             "seeds": seeds, "episodes": args.episodes, "max_steps": args.max_steps}
     out = args.out or os.path.join(workdir, "eval", f"{label}-step{step}-{digest(what)}")
     # Before rolling out: a bad --out must not cost the whole evaluation.
@@ -129,6 +134,43 @@ def run(args) -> int:
     report.meta["method"] = spec.name
     report.meta.update(resolved)  # e.g. AtomSkill's resample_every and ensemble_m
     report.meta["calibration"] = {k: v for k, v in calib.items() if k != "per_dataset"}
+    paths = write_report(report, out)
+    print(to_markdown(report))
+    print(f"report: {paths['markdown']}")
+    return 0
+
+
+def _run_remote(args) -> int:
+    """Closed loop through a policy server (policies/remote.py)."""
+    import functools
+
+    from atomskill_jax.eval import evaluate, suites, to_markdown, write_report
+    from atomskill_jax.eval.episode_store import check_output_dir
+    from atomskill_jax.policies.remote import RemotePolicy
+
+    if not args.out:
+        print("atomskill eval --server: give --out=DIR for the report", file=sys.stderr)
+        return 2
+    suite = args.suite if args.suite or args.tasks else "rlbench6"
+    tasks = suites.resolve_tasks(suite if not args.tasks else None, args.tasks)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    probe = RemotePolicy(args.server, token=args.token)
+    meta = probe.metadata
+    probe.close()
+    out = check_output_dir(args.out, "--out")
+    identity = {"server": args.server, "params_sha256": meta["params_sha256"],
+                "statistics_sha256": meta["statistics_sha256"], "method": meta["method"]}
+    name = args.name or meta["policy"]
+    factory = functools.partial(RemotePolicy, args.server, token=args.token, name=name)
+    argv = getattr(args, "argv", None)
+    command = " ".join(["atomskill"] + list(sys.argv[1:] if argv is None else argv))
+    report = evaluate(factory, tasks, args.episodes, seeds, name=name,
+                      max_steps=args.max_steps, num_workers=args.workers,
+                      videos_per_task=args.videos,
+                      video_dir=os.path.join(out, "videos") if args.videos else None,
+                      command=command, out_dir=out, identity=identity)
+    report.meta.update(server=args.server, method=meta["method"],
+                       params_sha256=meta["params_sha256"])
     paths = write_report(report, out)
     print(to_markdown(report))
     print(f"report: {paths['markdown']}")

@@ -40,7 +40,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("metaworld", "mujoco", "jax", "atomskill_jax"):
+    for pkg in ("metaworld", "gym-aloha", "mujoco", "jax", "atomskill_jax"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -81,7 +81,9 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         recorded under another identity are never reused (default: the factory's repr
         and `checkpoint_step`).
     """
-    tasks = [metaworld_tasks.canonical_task(t) for t in tasks]
+    from atomskill_jax.eval import suites
+
+    tasks = [suites.canonical_task(t) for t in tasks]
     seeds = [int(s) for s in seeds]
     if episodes_per_task < 1 or not seeds or not tasks:
         raise ValueError("evaluate needs tasks, seeds and episodes_per_task >= 1")

@@ -95,22 +95,22 @@ def _policy() -> Policy:
 
 def _embedding(task: str) -> np.ndarray:
     if task not in _STATE["embeddings"]:
-        from atomskill_jax.envs import metaworld_tasks
+        from atomskill_jax.eval import suites
         from atomskill_jax.models import sentence_encoder
 
         _STATE["embeddings"][task] = sentence_encoder.embed_texts_cached(
-            [metaworld_tasks.instruction(task)])[0]
+            [suites.instruction(task)])[0]
     return _STATE["embeddings"][task]
 
 
 def _envs(task: str, count: int, spec, max_steps: int) -> list:
-    from atomskill_jax.envs.metaworld_eval import MetaWorldEvalEnv
+    from atomskill_jax.eval import suites
 
     options: WorkerOptions = _STATE["options"]
     envs = _STATE["envs"].setdefault((task, max_steps), [])
     embedding = _embedding(task) if "language_embedding" in spec.observation_keys else None
     while len(envs) < count:
-        envs.append(MetaWorldEvalEnv(
+        envs.append(suites.make_env(
             task, spec, max_steps=max_steps, language_embedding=embedding,
             video_camera=options.video_camera if options.video_dir else None))
     return envs[:count]
@@ -132,22 +132,20 @@ def run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
 
 
 def _run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
-    from atomskill_jax.envs import metaworld_tasks
-    from atomskill_jax.envs.metaworld_eval import stack_observations
-    from atomskill_jax.eval.stages import StageTracker
+    from atomskill_jax.eval import suites
 
     policy = _policy()
     spec = policy.spec
     n = len(job.layouts)
     envs = _envs(job.task, n, spec, job.max_steps)
     images = bool(spec.cameras)
-    instruction = metaworld_tasks.instruction(job.task)
+    instruction = suites.instruction(job.task)
     pad = max(0, job.batch_size - n)
     infos = [TaskInfo(job.task, instruction, layout, job.seed, ep)
              for layout, ep in zip(job.layouts, job.episodes)]
     policy.reset(infos + infos[-1:] * pad)
     obs = [env.reset(layout) for env, layout in zip(envs, job.layouts)]
-    trackers = [StageTracker(job.task) for _ in range(n)]
+    trackers = [suites.stage_tracker(job.task) for _ in range(n)]
     for tracker, env in zip(trackers, envs):
         tracker.reset(env.state)
     counters = [ProgressCounter(len(t.stages)) for t in trackers]
@@ -159,7 +157,7 @@ def _run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     queue: np.ndarray | None = None  # [B, h, A] actions still to execute
     for t in range(job.max_steps):
         if queue is None or queue.shape[1] == 0:
-            actions = np.asarray(policy.infer(stack_observations(obs + obs[-1:] * pad)))
+            actions = np.asarray(policy.infer(suites.stack(obs + obs[-1:] * pad)))
             if actions.ndim == 2:
                 actions = actions[:, None]
             if actions.ndim != 3 or actions.shape[0] != n + pad:
@@ -206,18 +204,18 @@ def _result(job, i, success, counter, steps, success_step, frames) -> EpisodeRes
 
 def make_jobs(tasks: Sequence[str], seeds: Sequence[int], episodes_per_task: int,
               batch_size: int, max_steps: int | None, videos_per_task: int) -> list[Job]:
-    from atomskill_jax.envs.metaworld_eval import default_max_steps, eval_layouts
+    from atomskill_jax.eval import suites
 
     jobs = []
     for task in tasks:
         for seed in seeds:
-            layouts = eval_layouts(seed, episodes_per_task)
+            layouts = suites.eval_layouts(task, seed, episodes_per_task)
             for start in range(0, episodes_per_task, batch_size):
                 eps = tuple(range(start, min(start + batch_size, episodes_per_task)))
                 # Videos of the first episodes of the first seed.
                 video = tuple(seed == seeds[0] and e < videos_per_task for e in eps)
                 jobs.append(Job(task, int(seed), eps, tuple(layouts[e] for e in eps),
-                                int(max_steps or default_max_steps(task)), video,
+                                int(max_steps or suites.default_max_steps(task)), video,
                                 min(batch_size, episodes_per_task)))
     return jobs
 
