@@ -125,3 +125,66 @@ def test_the_package_unit_tests_pass_in_python_3_8(python38):
     passed = re.search(r"(\d+) passed", output)
     assert passed and int(passed.group(1)) >= 60, output  # the whole suite was collected
     assert not re.search(r"\d+ (skipped|xfailed)", output), output
+
+
+DRIVE_SERVER = r"""
+import json, sys
+import numpy as np
+from atomskill_client import ActionBroker, PolicyClient, Unauthorized
+assert sys.version_info[:2] == (3, 8), sys.version
+url, inputs, out = sys.argv[1], sys.argv[2], sys.argv[3]
+data = np.load(inputs)
+steps = len([k for k in data.files if k.startswith("state")])
+obs = [{"state": data["state%d" % t], "proprio": data["proprio%d" % t],
+        "language_embedding": data["lang%d" % t]} for t in range(steps)]
+result = {}
+with PolicyClient(url, token="tok") as client:
+    result["metadata"] = {k: client.metadata[k] for k in ("protocol", "method", "chunk_length")}
+    client.reset(task="pick-place", instruction="pick", layout=1000000, seed=0, episode=0)
+    result["actions"] = [client.infer(o)["actions"][0].tolist() for o in obs]
+try:
+    PolicyClient(url, token="wrong", retries=0)
+except Unauthorized as err:
+    result["unauthorized"] = str(err)
+with PolicyClient(url, token="tok") as client:
+    it = iter(obs * 4)
+    broker = ActionBroker(client, lambda: next(it), control_hz=50.0, prefetch_steps=2)
+    broker.reset(task="pick-place", instruction="pick", layout=1000000, seed=0, episode=0)
+    played = [broker.step().tolist() for _ in range(12)]
+    stats = broker.stats
+    broker.close()
+    result["broker"] = {"played": len(played), "underruns": stats.underruns,
+                        "requests": stats.requests}
+json.dump(result, open(out, "w"))
+"""
+
+
+def test_the_python38_client_drives_the_real_server(python38, exported_policy_dir, tmp_path):
+    """The 3.8 client against `atomskill serve` (this process, the project's venv, an
+    exported policy): metadata, the in-process actions,
+    a refused token, and the broker playing at 50 Hz."""
+    import json
+
+    import numpy as np
+
+    from atomskill_jax.serving import policy_source
+    from atomskill_jax.serving.server import PolicyServer, ServerThread
+    from tests import serving_helpers as sh
+
+    steps = 6
+    episode = sh.episode(300, steps)
+    want = sh.reference_actions(exported_policy_dir, [episode])[0]
+    inputs = tmp_path / "obs.npz"
+    np.savez(inputs, **{f"{k}{t}": o[key] for t, o in enumerate(episode)
+                        for k, key in (("state", "state"), ("proprio", "proprio"),
+                                       ("lang", "language_embedding"))})
+    served = policy_source.from_exported(exported_policy_dir)
+    with ServerThread(PolicyServer(served, port=0, max_batch=2, token="tok")) as url:
+        done = _run([python38, "-c", DRIVE_SERVER, url, inputs, tmp_path / "out.json"],
+                    timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.load(open(tmp_path / "out.json"))
+    assert result["metadata"] == {"protocol": 1, "method": "atomskill", "chunk_length": 4}
+    np.testing.assert_allclose(np.asarray(result["actions"]), want, rtol=1e-5, atol=1e-5)
+    assert "unauthorized" in result["unauthorized"]
+    assert result["broker"]["played"] == 12 and result["broker"]["requests"] >= 6
