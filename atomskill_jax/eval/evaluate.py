@@ -24,7 +24,7 @@ import time
 from typing import Callable, Sequence
 
 from atomskill_jax.envs import metaworld_tasks
-from atomskill_jax.eval import episode_store, rollout, stages
+from atomskill_jax.eval import episode_store, rollout
 from atomskill_jax.eval.report import Report
 from atomskill_jax.policies.base import Policy
 
@@ -146,7 +146,7 @@ def evaluate(policy_factory: Callable[[], Policy], tasks: Sequence[str],
         "num_workers": num_workers, "batch_size": batch_size,
         "wall_seconds": round(time.time() - start, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "stages": {t: [s.name for s in stages.stages_of(t)] for t in tasks},
+        "stages": {t: suites.stage_names(t) for t in tasks},
     }
     if store:
         meta["episodes_file"] = store.path

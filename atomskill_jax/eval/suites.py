@@ -98,6 +98,17 @@ class RewardStageTracker:
         return np.asarray(self.stages) <= self.best
 
 
+def stage_names(task: str) -> list[str]:
+    """The stages ATP counts, for the report."""
+    if is_aloha(task):
+        from atomskill_jax.envs import aloha_sim
+
+        return [f"reward>={k}" for k in range(1, aloha_sim.MAX_REWARD + 1)]
+    from atomskill_jax.eval.stages import stages_of
+
+    return [s.name for s in stages_of(task)]
+
+
 def stage_tracker(task: str):
     if is_aloha(task):
         return RewardStageTracker()
