@@ -69,6 +69,15 @@ def default_model_config() -> ml_collections.ConfigDict:
         # probability, so ψ stays usable with imperfectly sampled skills (not in the paper;
         # see AtomSkill._corrupt_tokens). 0 = the paper.
         "skill_token_corruption": 0.0,
+        # Which actions of a chunk a[t:t+H-1] the decoder learns under the skill of step
+        # t. "segment" (the paper's equation 2: the chunk belongs to the segment that
+        # contains it): only the steps up to the end of t's segment; the rest, the next
+        # skill's actions, are masked out of the loss (a segment shorter than H, or t
+        # near its end, trains the steps it has, at least a[t]). "start" (this project
+        # before): the whole chunk, so in a segment's last H-1 steps the decoder learned
+        # the next skill's actions from the current skill's tokens. Skill-less models
+        # (the ACT-like baseline) always learn the whole chunk.
+        "chunk_rule": "segment",
         # Inference default (methods/atomskill/policy.py): temporal ensembling of the
         # overlapping chunks of the current skill, weights exp(m * age) (ACT's m = 0.01);
         # None = off (each step executes the newest chunk's action; the paper).

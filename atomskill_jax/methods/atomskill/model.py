@@ -60,6 +60,10 @@ class AtomSkill(nnx.Module):
         self.contrastive = (bool(c.temporal), bool(c.semantic), float(c.temperature))
         self.num_tokens = int(config.skill_encoder.num_tokens)
         self.token_corruption = float(config.decoder.get("skill_token_corruption", 0.0))
+        self.chunk_rule = str(config.decoder.get("chunk_rule", "start"))
+        if self.chunk_rule not in ("segment", "start"):
+            raise ValueError(f"model.decoder.chunk_rule={self.chunk_rule!r}; use 'segment' (the "
+                             f"paper's equation 2) or 'start'")
         if not 0.0 <= self.token_corruption <= 1.0:
             raise ValueError("decoder.skill_token_corruption is a probability in [0, 1], "
                              f"got {self.token_corruption}")
@@ -96,7 +100,7 @@ class AtomSkill(nnx.Module):
                 total += w["contrastive"] * c_loss
                 metrics.update(c_metrics)
         chunk, keypose = self.decoder(obs, skill_tokens, train=train, rngs=rngs)
-        a_loss, a_metrics = action_l1(chunk, batch["action_chunk"], batch["action_chunk_mask"])
+        a_loss, a_metrics = action_l1(chunk, batch["action_chunk"], self._chunk_mask(batch))
         total += w["action"] * a_loss
         metrics.update(a_metrics)
         if self.predict_keypose:
@@ -105,6 +109,14 @@ class AtomSkill(nnx.Module):
             metrics.update(k_metrics)
         metrics["loss"] = total
         return total, metrics
+
+    def _chunk_mask(self, batch) -> jax.Array:
+        """[B, H]: the chunk steps the action loss counts (see config `chunk_rule`)."""
+        mask = batch["action_chunk_mask"]
+        if self.skill_conditioning and self.chunk_rule == "segment":
+            steps = batch["timestep"][:, None] + jnp.arange(mask.shape[1])[None, :]
+            mask = mask & (steps <= batch["skill"]["end"][:, None])
+        return mask
 
     def _sampler_loss(self, rng, batch, *, train: bool):
         self._require_skills("the sampler stage")
