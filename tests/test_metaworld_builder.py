@@ -154,3 +154,25 @@ def test_cli_stats_and_annotate(metaworld_rlds_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert ann.returncode == 0, ann.stderr[-2000:]
     assert "wrote 4 episodes, skipped 0" in ann.stdout
+
+
+def test_a_bad_episode_is_skipped_and_does_not_count_as_kept(tmp_path, monkeypatch):
+    """The first episode holds a NaN: it is reported as skipped and the builder tries
+    the next layout, so the dataset still has the episodes asked for."""
+    original = mwb.MetaworldScripted._episode
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        episode = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            episode["steps"]["observation"]["state"][0, 0] = np.nan
+        return episode
+
+    monkeypatch.setattr(mwb.MetaworldScripted, "_episode", poisoned)
+    dataset_dir, report = mwb.build(str(tmp_path), tasks="drawer-close", episodes_per_task=2,
+                                    show_progress=False)
+    assert report["written"] == 2 and len(calls) == 3
+    assert report["num_skipped"] == 1
+    assert any("non-finite" in reason for reason in report["skipped"]), report["skipped"]
+    assert len(list(_episodes(dataset_dir))) == 2

@@ -100,6 +100,7 @@ class MetaworldScripted(episode_builder.RldsEpisodeBuilder):
     def _episodes_of_tasks(self, tasks, instructions, embeddings, annotator, progress,
                            failures, worker):
         cfg = self.builder_config
+        spec = self.episode_spec()
         for task in tasks:
             env = _EnvHandle(task, cfg, worker)
             kept, index = 0, 0
@@ -113,6 +114,9 @@ class MetaworldScripted(episode_builder.RldsEpisodeBuilder):
                     try:
                         episode = self._episode(env, task, layout, episode_id,
                                                 instructions[task], embeddings[task], annotator)
+                        # Here, not only in the base: a bad episode must not count as kept
+                        # (the build would write fewer episodes than asked).
+                        rlds_schema.validate_episode(episode, spec)
                     except Exception as err:  # noqa: BLE001 - reported by the base
                         yield episode_id, _raiser(err)
                         continue
