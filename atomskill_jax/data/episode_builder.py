@@ -141,3 +141,55 @@ def read_build_report(dataset_dir: str) -> dict[str, Any] | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+# Fields of a tfds BuilderConfig that are not build options (and `show_progress`, which
+# does not change the episodes).
+_NOT_OPTIONS = ("name", "version", "release_notes", "supported_versions", "description", "tags",
+                "show_progress")
+
+
+def config_options(config) -> dict[str, Any]:
+    """A builder config's options as JSON (what `build_or_reuse` compares)."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+           if f.name not in _NOT_OPTIONS}
+    return json.loads(json.dumps(out, default=list))
+
+
+def build_or_reuse(builder_class, config, out: str, *, overwrite: bool, notes: dict,
+                   options_file: str = "build_options.json",
+                   overwrite_hint: str = "overwrite") -> dict[str, Any]:
+    """Build `builder_class(config)` under `out`, or reuse an identical earlier build: a
+    dataset built with other options is refused (FileExistsError naming them) unless
+    `overwrite`, which deletes it first. A new build's report gets `notes` and the
+    options are saved beside it. Returns the report with `dataset_dir` and `reused`."""
+    import shutil
+
+    if config.show_progress:
+        tfds.display_progress_bar(False)  # ours counts episodes; theirs would interleave
+    builder = builder_class(config=config, data_dir=out)
+    dataset_dir = str(builder.data_dir)
+    options_path = os.path.join(dataset_dir, options_file)
+    options = config.options()
+    reused = os.path.exists(options_path) and not overwrite
+    if reused:
+        with open(options_path) as f:
+            previous = json.load(f)
+        if previous != options:
+            changed = sorted(k for k in set(previous) | set(options)
+                             if previous.get(k) != options.get(k))
+            raise FileExistsError(f"{dataset_dir} holds a dataset built with other options "
+                                  f"({', '.join(changed)} differ); choose another out "
+                                  f"directory or {overwrite_hint}")
+    if overwrite and os.path.exists(dataset_dir):
+        shutil.rmtree(dataset_dir)
+        builder = builder_class(config=config, data_dir=out)
+    dataset_dir = builder.build()
+    report = read_build_report(dataset_dir) or {}
+    if not reused:
+        report.setdefault("notes", {}).update(notes)
+        with open(os.path.join(dataset_dir, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(options_path, "w") as f:
+            json.dump(options, f, indent=2)
+    return dict(report, dataset_dir=dataset_dir, reused=reused)

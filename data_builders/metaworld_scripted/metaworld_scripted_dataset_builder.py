@@ -51,10 +51,7 @@ class MetaworldScriptedConfig(tfds.core.BuilderConfig):
     show_progress: bool = True
 
     def options(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("name", "version", "release_notes", "supported_versions",
-                                 "description", "tags", "show_progress")}
-        return json.loads(json.dumps(out, default=list))
+        return episode_builder.config_options(self)
 
 
 class MetaworldScripted(episode_builder.RldsEpisodeBuilder):

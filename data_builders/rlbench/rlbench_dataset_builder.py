@@ -25,11 +25,9 @@ what to install. Pickles run code when loaded: read only demos you trust.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import re
-import shutil
 from typing import Any, Sequence
 
 import numpy as np
@@ -225,10 +223,7 @@ class RlbenchConfig(tfds.core.BuilderConfig):
     show_progress: bool = True
 
     def options(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("name", "version", "release_notes", "supported_versions",
-                                 "description", "tags", "show_progress")}
-        return json.loads(json.dumps(out, default=list))
+        return episode_builder.config_options(self)
 
 
 class Rlbench(episode_builder.RldsEpisodeBuilder):
@@ -417,31 +412,5 @@ def build_rlbench(root: str, out: str, *, tasks: Sequence[str] | str | None = No
 
 
 def _build_or_reuse(config, out: str, overwrite: bool, notes: dict) -> dict[str, Any]:
-    """The options-file protocol of every builder here (libero's and metaworld's too)."""
-    if config.show_progress:
-        tfds.display_progress_bar(False)  # ours counts demos; theirs would interleave
-    builder = Rlbench(config=config, data_dir=out)
-    dataset_dir = str(builder.data_dir)
-    options_path = os.path.join(dataset_dir, OPTIONS_FILE)
-    reused = os.path.exists(options_path) and not overwrite
-    if reused:
-        with open(options_path) as f:
-            previous = json.load(f)
-        if previous != config.options():
-            changed = sorted(k for k in set(previous) | set(config.options())
-                             if previous.get(k) != config.options().get(k))
-            raise FileExistsError(f"{dataset_dir} holds a dataset built with other options "
-                                  f"({', '.join(changed)} differ); choose another out "
-                                  "directory or overwrite")
-    if overwrite and os.path.exists(dataset_dir):
-        shutil.rmtree(dataset_dir)
-        builder = Rlbench(config=config, data_dir=out)
-    dataset_dir = builder.build()
-    report = episode_builder.read_build_report(dataset_dir) or {}
-    if not reused:
-        report.setdefault("notes", {}).update(notes)
-        with open(os.path.join(dataset_dir, episode_builder.REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
-        with open(options_path, "w") as f:
-            json.dump(config.options(), f, indent=2)
-    return dict(report, dataset_dir=dataset_dir, reused=reused)
+    return episode_builder.build_or_reuse(Rlbench, config, out, overwrite=overwrite, notes=notes,
+                                          options_file=OPTIONS_FILE)
