@@ -46,6 +46,7 @@ from atomskill_jax.envs.aloha_grippers import (ALOHA_1, GRIPPER_CHANNELS, Grippe
                                                policy_to_robot, robot_to_policy)
 from atomskill_jax.envs.aloha_safety import (COMMAND_DIM, JOINT_NAMES, SafetyConfig,
                                              SafetyDecision, SafetyLayer, check_command)
+from atomskill_jax.envs.aloha_sim import resize_image
 
 CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
 IMAGE_SHAPE = (480, 640, 3)
@@ -108,14 +109,6 @@ class RateKeeper:
             self._next = now + self.period
         self.ticks += 1
         return slack
-
-
-def resize_frame(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 [h, w, 3] -> [H, W, 3], antialiased bilinear (as aloha_sim resizes)."""
-    from PIL import Image
-
-    height, width = (int(s) for s in size)
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 class AlohaRealEnv:
@@ -184,7 +177,7 @@ class AlohaRealEnv:
                 raise RuntimeError(f"camera {cam!r}: frame {image.dtype}{list(image.shape)}; "
                                    "expected uint8 [H, W, 3] RGB")
             if self.image_size and image.shape[:2] != self.image_size:
-                image = resize_frame(image, self.image_size)
+                image = resize_image(image, self.image_size)  # as the sim data is resized
             obs[f"image_{cam}"] = image
         return obs
 
