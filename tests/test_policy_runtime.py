@@ -100,6 +100,34 @@ def test_resampling_within_a_skill(workdir):
         RuntimeOptions(resample_every=-1)
 
 
+
+def test_forced_skill_tokens_replace_the_sampler_draw(workdir):
+    """force_skill (teacher forcing, bench/held_skills.py): a forced environment starts
+    its next skill with the given tokens and makes no sampler draw; the others sample."""
+    from atomskill_jax.policies.loading import load_policy
+
+    policy = load_policy(workdir)
+    policy.epsilon, policy.max_skill_steps = float("inf"), 100  # a new skill every step
+    policy.reset(_infos(2))
+    policy.infer(_obs(2))  # first skills: sampled for both
+    first = policy.skill_state()["tokens"]
+    forced = np.full_like(first, 0.5)
+    policy.force_skill(forced, np.array([True, False]))
+    calls, original = [], policy.functions["sample_decode"]
+
+    def spy(*args):  # (obs, lang, tokens, starting, ...)
+        calls.append(np.asarray(args[3]).tolist())
+        return original(*args)
+
+    policy.functions["sample_decode"] = spy
+    policy.infer(_obs(2, seed=1))
+    now = policy.skill_state()["tokens"]
+    np.testing.assert_array_equal(now[0], forced[0])
+    assert calls == [[False, True]]  # env 1 sampled, env 0 did not
+    assert policy.skill_counts()["skills"].tolist() == [2, 2]
+    policy.infer(_obs(2, seed=2))  # forcing lasts one skill: both sample again
+    assert calls[-1] == [True, True]
+
 def test_ensembling_option_and_config_default(workdir):
     """ensemble_m: the option wins, 'off' turns a config default off, None reads the
     model config's decoder.ensemble_m (absent in older workdirs: off)."""

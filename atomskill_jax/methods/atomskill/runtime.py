@@ -148,6 +148,8 @@ class AtomSkillPolicy(Policy):
                                               min_skill_steps=self.options.min_skill_steps)
         self._tokens = np.zeros((b, self._num_tokens, self._d_model), np.float32)
         self._keypose = np.full((b, self.action_dim), np.nan, np.float32)  # normalised abs
+        self._forced = np.zeros(b, bool)  # see force_skill
+        self._forced_tokens = np.zeros_like(self._tokens)
         self.last_distance = np.full(b, np.nan)
 
     def warmup(self, b: int) -> None:
@@ -189,13 +191,18 @@ class AtomSkillPolicy(Policy):
         if r > 0:
             starting = starting | ((steps_in > 0) & (steps_in % r == 0))
         self._chunks.clear(starting)
+        forced = starting & self._forced
+        if forced.any():
+            self._tokens[forced] = self._forced_tokens[forced]
+            self._forced &= ~forced
+        sampling = starting & ~forced
         query = self._chunks.needs_query()
         if query.any():
-            if starting.any():
+            if sampling.any():
                 tokens, chunk, keypose = self.functions["sample_decode"](
-                    obs, lang, self._tokens, starting, steps_in, self._seeds, self._draws)
-                self._tokens = np.asarray(tokens, np.float32)
-                self._draws = self._draws + starting.astype(np.int32)
+                    obs, lang, self._tokens, sampling, steps_in, self._seeds, self._draws)
+                self._tokens = np.array(tokens, np.float32)  # writable (force_skill)
+                self._draws = self._draws + sampling.astype(np.int32)
             elif self.skills:
                 chunk, keypose = self.functions["decode"](obs, lang, self._tokens)
             else:
@@ -225,17 +232,27 @@ class AtomSkillPolicy(Policy):
         self.last_distance = chaining.keypose_distance(target, self._keypose)
         return self.last_distance
 
+    def force_skill(self, tokens: np.ndarray, which: np.ndarray) -> None:
+        """Teacher forcing, for diagnosis (bench/held_skills.py): each environment in
+        `which` [B] takes `tokens` [B, n, d] (e.g. the skill encoder's tokens of the true
+        future segment) for the next skill it starts, instead of a sampler draw. Its draw
+        count is unchanged, so its later draws are those of an unforced run."""
+        which = np.asarray(which, bool)
+        self._forced_tokens[which] = np.asarray(tokens, np.float32)[which]
+        self._forced |= which
+
     def skill_counts(self) -> dict[str, np.ndarray]:
         """Per environment since reset: skills started and skills ended by the cap."""
         return {"skills": self._trigger.switches.copy(), "capped": self._trigger.capped.copy()}
 
     def skill_state(self) -> dict[str, np.ndarray]:
         """Per environment: steps into the current skill, whether the next step starts
-        one, and the predicted keypose (un-normalised absolute target; NaN: none)."""
+        one, the predicted keypose (un-normalised absolute target; NaN: none) and the
+        current skill tokens [n, d]."""
         keypose = self.normalizer.unnormalize(
             {"keypose": self._keypose}, dataset_index=self.options.dataset_index)["keypose"]
         return {"steps": self._trigger.steps.copy(), "starting": self._trigger.need_skill.copy(),
-                "keypose": keypose}
+                "keypose": keypose, "tokens": self._tokens.copy()}
 
     def planned_actions(self) -> list[np.ndarray]:
         """Per environment, the newest chunk's actions from the next step on."""
