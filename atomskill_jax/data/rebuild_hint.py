@@ -68,6 +68,8 @@ def _metaworld_command(directory: str, options: dict) -> str:
         size = options.get("image_size") or (128, 128)
         if list(size) != [128, 128]:
             args.append(f"--image-size={size[0]}x{size[1]}")
+        if options.get("render_quality"):  # always named: the default may change
+            args.append(f"--render-quality={options['render_quality']}")
     if options.get("annotator_options"):
         args.append(f"--annotator-options={json.dumps(options['annotator_options'])}")
     args += [f"--out={_data_root(directory)}", "--overwrite"]

@@ -13,14 +13,25 @@ Why `action_abs`: MetaWorld commands are hand-position deltas; the env moves its
 mocap target by clip(action, -1, 1) * action_scale, clipped to the mocap bounds.
 `action_abs` is that target position after the step plus the gripper command,
 the absolute form the keypose needs.
+
+Why render settings (`RenderSettings`, `RENDER_QUALITIES`): offscreen rendering on CPUs
+(Mesa's llvmpipe, through OSMesa or EGL) costs ~0.15 s a frame with MetaWorld's own
+scene, almost all of it in the shadow: the light that casts it renders the ~67k mesh
+triangles of the arm into a 4096x4096 depth map and once more to light the scene
+(bench/render_speed.py measures each part). A smaller shadow map keeps the picture
+and halves the cost; no shadows at all is ~5x faster but visibly changes the image.
+Whatever is chosen, training data and evaluation must render alike: the builder
+records the settings in its options and evaluation reads them back
+(`envs.metaworld_eval`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 import zlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +46,61 @@ _ROTATED_CAMERAS = ("corner", "corner2", "corner3")
 STATE_DIM = 39
 PROPRIO_DIM = 4  # hand xyz + gripper opening
 ACTION_DIM = 4  # hand xyz delta (or target) + gripper command
+
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSettings:
+    """MuJoCo scene options for offscreen frames. The offscreen buffer always matches
+    the image size (MetaWorld asks for 640x480; the pixels are the same, measured).
+    Multisampling stays MuJoCo's 4x: without it edges alias (mean change ~3/255)."""
+
+    shadows: bool = True
+    shadow_size: int = 4096  # side of the shadow depth map (MetaWorld's model: 4096)
+    reflections: bool = True
+
+    def __post_init__(self):
+        if int(self.shadow_size) < 1:
+            raise ValueError(f"RenderSettings.shadow_size must be >= 1, got {self.shadow_size}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "render settings"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown render settings {unknown} (known: {sorted(known)})")
+        return cls(**dict(data))
+
+
+# Named settings, from MetaWorld's own scene to the cheapest. Frames/s and the mean
+# pixel change against "metaworld" (corner camera, 64-128 px, llvmpipe on 2 cores):
+# bench/render_speed.py. "fast" is the default: the shadow kept, its map at 1024.
+RENDER_QUALITIES = {
+    "metaworld": RenderSettings(),
+    "fast": RenderSettings(shadow_size=1024),
+    "no_shadows": RenderSettings(shadows=False),
+}
+DEFAULT_RENDER_QUALITY = "fast"
+# What builds made before render settings existed used (MetaWorld's own scene).
+LEGACY_RENDER_QUALITY = "metaworld"
+
+
+def render_settings(quality: "str | Mapping | RenderSettings | None" = None) -> RenderSettings:
+    """Settings from a quality name, a settings dict, or settings (None: the default)."""
+    if quality is None:
+        quality = DEFAULT_RENDER_QUALITY
+    if isinstance(quality, RenderSettings):
+        return quality
+    if isinstance(quality, Mapping):
+        return RenderSettings.from_json(quality)
+    if quality not in RENDER_QUALITIES:
+        raise ValueError(f"unknown render quality {quality!r}; use one of "
+                         f"{sorted(RENDER_QUALITIES)}")
+    return RENDER_QUALITIES[quality]
+
 
 # Policy class names that do not follow Sawyer<CamelCaseTask>V3Policy.
 _POLICY_NAME_EXCEPTIONS = {"peg-insert-side": "SawyerPegInsertionSideV3Policy"}
@@ -67,7 +133,7 @@ class MetaWorldEnv:
     """One MetaWorld v3 task with the goal observable, layouts chosen by id."""
 
     def __init__(self, task: str, cameras: Sequence[str] = (), image_size=(128, 128),
-                 max_steps: int = 500):
+                 max_steps: int = 500, render_quality=None):
         import metaworld.env_dict as env_dict
 
         self.task = metaworld_tasks.canonical_task(task)
@@ -75,7 +141,8 @@ class MetaWorldEnv:
             if cam not in CAMERAS:
                 raise ValueError(f"unknown MetaWorld camera {cam!r}; cameras: {CAMERAS}")
         self.cameras = tuple(cameras)
-        self.image_size = tuple(image_size)
+        self.image_size = tuple(int(s) for s in image_size)
+        self.render_settings = render_settings(render_quality)
         env = env_dict.ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
         # Goal-observable multi-task setting, as MetaWorld's MT benchmarks use it.
         env._partially_observable = False
@@ -140,12 +207,21 @@ class MetaWorldEnv:
             return {}
         import mujoco
 
+        settings = self.render_settings
         if self._renderer is None:
             height, width = self.image_size
-            self._renderer = mujoco.Renderer(self.env.model, height=height, width=width)
+            model = self.env.model  # this env's own copy: only its renders read these
+            # Read when the GL context is made: the shadow map and offscreen buffer sizes.
+            model.vis.quality.shadowsize = int(settings.shadow_size)
+            model.vis.global_.offwidth, model.vis.global_.offheight = width, height
+            self._renderer = mujoco.Renderer(model, height=height, width=width)
+        flags = mujoco.mjtRndFlag
         images = {}
         for cam in self.cameras:
             self._renderer.update_scene(self.env.data, camera=cam)
+            scene = self._renderer.scene.flags
+            scene[flags.mjRND_SHADOW] = int(settings.shadows)
+            scene[flags.mjRND_REFLECTION] = int(settings.reflections)
             image = self._renderer.render()
             if cam in _ROTATED_CAMERAS:
                 image = image[::-1, ::-1]
@@ -167,7 +243,7 @@ def proprio_from_state(state: np.ndarray) -> np.ndarray:
 def rollout_expert(task: str, layout: int = 0, *, seed: int = 0, noise_std: float = 0.0,
                    max_steps: int = 500, post_success_steps: int = 0,
                    cameras: Sequence[str] = (), image_size=(128, 128),
-                   env: MetaWorldEnv | None = None) -> dict[str, Any]:
+                   render_quality=None, env: MetaWorldEnv | None = None) -> dict[str, Any]:
     """Roll out the scripted expert in one layout; returns per-step numpy arrays.
 
     With `noise_std` > 0 the executed action is the expert's command plus Gaussian
@@ -178,7 +254,8 @@ def rollout_expert(task: str, layout: int = 0, *, seed: int = 0, noise_std: floa
     """
     own_env = env is None
     if env is None:
-        env = MetaWorldEnv(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
+        env = MetaWorldEnv(task, cameras=cameras, image_size=image_size, max_steps=max_steps,
+                           render_quality=render_quality)
     policy = expert_policy(task)
     rng = np.random.default_rng(np.random.SeedSequence(
         [zlib.crc32(env.task.encode()), int(layout), int(seed)]))
@@ -271,11 +348,11 @@ def _init_render_worker(gl_backend: str) -> None:
 
 
 def _worker_rollout(task: str, layout: int, cameras: tuple, image_size: tuple,
-                    max_steps: int, kwargs: dict) -> dict[str, Any]:
-    key = (task, cameras, image_size, max_steps)
+                    max_steps: int, render: RenderSettings, kwargs: dict) -> dict[str, Any]:
+    key = (task, cameras, image_size, max_steps, render)
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldEnv(task, cameras=cameras, image_size=image_size,
-                                         max_steps=max_steps)
+                                         max_steps=max_steps, render_quality=render)
     return rollout_expert(task, layout, max_steps=max_steps, env=_WORKER_ENVS[key], **kwargs)
 
 
@@ -298,9 +375,10 @@ class RenderingRolloutWorker:
         return self._pool.submit(_worker_rendering_available).result()
 
     def rollout(self, task: str, layout: int, *, cameras: Sequence[str], image_size=(128, 128),
-                max_steps: int = 500, **kwargs) -> dict[str, Any]:
+                max_steps: int = 500, render_quality=None, **kwargs) -> dict[str, Any]:
         return self._pool.submit(_worker_rollout, task, int(layout), tuple(cameras),
-                                 tuple(image_size), int(max_steps), kwargs).result()
+                                 tuple(image_size), int(max_steps),
+                                 render_settings(render_quality), kwargs).result()
 
     def close(self) -> None:
         self._pool.shutdown()

@@ -7,6 +7,14 @@ the policy asks for. Actions come in the space the policy was trained in:
 native deltas pass through, absolute targets (`action_abs`) are turned back into
 the delta the env takes from the current mocap target.
 
+Images are made as the policy's training frames were (`image_source`, read from the
+training dataset's build options by the loader, data/image_source.py): rendered at the
+dataset's native size with its render settings, then resized to the policy's image
+size with the training pipeline's resize (data/image_resize.py, the numpy twin of
+data/frame_transforms.resize_image). Without an image source: the default render
+settings at the policy's size. tests/test_image_parity.py checks training and
+evaluation frames agree.
+
 Only evaluation layouts (ids >= `EVAL_LAYOUT_BASE`) are accepted: training data
 is built from ids below it, so a policy never meets a layout it was trained on.
 `eval_layouts(seed, n)` gives seed s the layout indices s*n ... s*n + n - 1.
@@ -18,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from atomskill_jax.data.image_resize import resize_uint8
 from atomskill_jax.envs import metaworld as mw
 from atomskill_jax.envs import metaworld_tasks
 from atomskill_jax.policies.base import PolicySpec
@@ -31,6 +40,22 @@ def eval_layouts(seed: int, episodes: int) -> list[int]:
     return [mw.layout_id("eval", seed * episodes + i) for i in range(episodes)]
 
 
+def rendering_of(spec: PolicySpec, image_source: Mapping[str, Any] | None
+                 ) -> tuple[tuple[int, int], mw.RenderSettings]:
+    """(native image size, render settings) that remake the policy's training frames."""
+    if image_source is None or not spec.cameras:
+        return tuple(spec.image_size), mw.render_settings(None)
+    where = image_source.get("dataset", "the image source")
+    missing = sorted(set(spec.cameras) - set(image_source.get("cameras", spec.cameras)))
+    if missing:
+        raise ValueError(f"{where}: policy {spec.name!r} reads cameras {missing} that the "
+                         f"dataset did not record (it has {image_source.get('cameras')})")
+    settings = image_source.get("render_settings")
+    render = (mw.render_settings(mw.LEGACY_RENDER_QUALITY) if settings is None else
+              mw.RenderSettings.from_json(settings, source=f"{where} render_settings"))
+    return tuple(int(s) for s in image_source["image_size"]), render
+
+
 def default_max_steps(task: str) -> int:
     """MetaWorld's own episode length (500 steps for every v3 task)."""
     metaworld_tasks.canonical_task(task)
@@ -42,7 +67,8 @@ class MetaWorldEvalEnv:
 
     def __init__(self, task: str, spec: PolicySpec, *, max_steps: int | None = None,
                  language_embedding: np.ndarray | None = None,
-                 video_camera: str | None = None):
+                 video_camera: str | None = None,
+                 image_source: Mapping[str, Any] | None = None):
         self.task = metaworld_tasks.canonical_task(task)
         self.spec = spec
         self.instruction = metaworld_tasks.instruction(self.task)
@@ -56,8 +82,10 @@ class MetaWorldEvalEnv:
         if video_camera and video_camera not in cameras:
             cameras += (video_camera,)
         self.video_camera = video_camera
-        self.env = mw.MetaWorldEnv(self.task, cameras=cameras, image_size=spec.image_size,
-                                   max_steps=self.max_steps)
+        native_size, render = rendering_of(spec, image_source)
+        self.image_size = tuple(int(s) for s in spec.image_size)
+        self.env = mw.MetaWorldEnv(self.task, cameras=cameras, image_size=native_size,
+                                   max_steps=self.max_steps, render_quality=render)
         self._state: np.ndarray | None = None
         self._frames: dict[str, np.ndarray] = {}
 
@@ -84,8 +112,8 @@ class MetaWorldEvalEnv:
                 obs[key] = self.instruction
             elif key == "language_embedding":
                 obs[key] = self.language_embedding
-            else:  # image_<camera>
-                obs[key] = self._frames[key[len("image_"):]]
+            else:  # image_<camera>, scaled as the training pipeline scaled it
+                obs[key] = resize_uint8(self._frames[key[len("image_"):]], self.image_size)
         return obs
 
     def video_frame(self) -> np.ndarray | None:

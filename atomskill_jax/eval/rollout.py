@@ -103,16 +103,19 @@ def _embedding(task: str) -> np.ndarray:
     return _STATE["embeddings"][task]
 
 
-def _envs(task: str, count: int, spec, max_steps: int) -> list:
+def _envs(task: str, count: int, policy: Policy, max_steps: int) -> list:
     from atomskill_jax.eval import suites
 
     options: WorkerOptions = _STATE["options"]
+    spec = policy.spec
     envs = _STATE["envs"].setdefault((task, max_steps), [])
     embedding = _embedding(task) if "language_embedding" in spec.observation_keys else None
     while len(envs) < count:
+        # Frames made as the policy's training frames were (Policy.image_source).
         envs.append(suites.make_env(
             task, spec, max_steps=max_steps, language_embedding=embedding,
-            video_camera=options.video_camera if options.video_dir else None))
+            video_camera=options.video_camera if options.video_dir else None,
+            image_source=getattr(policy, "image_source", None)))
     return envs[:count]
 
 
@@ -137,7 +140,7 @@ def _run_job(job: Job) -> tuple[dict, list[EpisodeResult]]:
     policy = _policy()
     spec = policy.spec
     n = len(job.layouts)
-    envs = _envs(job.task, n, spec, job.max_steps)
+    envs = _envs(job.task, n, policy, job.max_steps)
     images = bool(spec.cameras)
     instruction = suites.instruction(job.task)
     pad = max(0, job.batch_size - n)

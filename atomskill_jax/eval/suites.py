@@ -67,7 +67,10 @@ def default_max_steps(task: str) -> int:
     return aloha_sim.DEFAULT_MAX_STEPS if is_aloha(task) else metaworld_steps(task)
 
 
-def make_env(task: str, spec, *, max_steps: int, language_embedding, video_camera):
+def make_env(task: str, spec, *, max_steps: int, language_embedding, video_camera,
+             image_source=None):
+    """`image_source`: how the policy's training frames were made (data/image_source.py);
+    MetaWorld renders alike (ALOHA sim renders at the policy's size, as its builder)."""
     if is_aloha(task):
         from atomskill_jax.envs.aloha_sim import AlohaSimEvalEnv
 
@@ -77,7 +80,8 @@ def make_env(task: str, spec, *, max_steps: int, language_embedding, video_camer
     from atomskill_jax.envs.metaworld_eval import MetaWorldEvalEnv
 
     return MetaWorldEvalEnv(task, spec, max_steps=max_steps,
-                            language_embedding=language_embedding, video_camera=video_camera)
+                            language_embedding=language_embedding, video_camera=video_camera,
+                            image_source=image_source)
 
 
 class RewardStageTracker:

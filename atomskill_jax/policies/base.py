@@ -69,6 +69,11 @@ class Policy(abc.ABC):
     """Base class: `reset` at the start of a batch of episodes, then `infer` per step."""
 
     spec: PolicySpec
+    # How the training frames were made (data/image_source.py: the dataset's native image
+    # size and render settings): evaluation renders camera images the same way, then
+    # resizes them to `spec.image_size` as the training pipeline did. None: the
+    # simulator's default settings, rendered at `spec.image_size`.
+    image_source: Mapping[str, Any] | None = None
 
     def reset(self, task_info: Sequence[TaskInfo]) -> None:
         """Start new episodes in all B environments (one `TaskInfo` each)."""

@@ -154,7 +154,20 @@ def load_policy(workdir: str, *, step: int | None = None, use_ema: bool = True,
     options = {k: v for k, v in runtime_options.items() if v is not None}
     policy = registry.get_spec(config).make_policy(model, assets, options)
     policy.checkpoint_step = step
+    policy.image_source = _image_source(assets, policy.spec.cameras, workdir)
     return policy
+
+
+def _image_source(assets: dict, cameras, workdir: str):
+    """How the training datasets made their frames, for evaluation to render alike."""
+    from atomskill_jax.data.image_source import policy_image_source
+
+    source = policy_image_source(assets.get("datasets", ()), cameras)
+    if cameras and source is None:
+        log.warning("%s: no training dataset records how its %s frames were rendered "
+                    "(build_options.json); evaluation renders with the simulator's defaults "
+                    "at the policy's image size", workdir, list(cameras))
+    return source
 
 
 def policy_factory(workdir: str, **kwargs) -> functools.partial:

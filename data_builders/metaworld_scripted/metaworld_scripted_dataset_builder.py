@@ -5,6 +5,9 @@
 Each episode: the expert rolled out in one explicit layout (see
 `atomskill_jax.envs.metaworld`), cut into atomic skills at gripper keyframes and
 labelled by an annotation backend (`rule` offline by default, `vlm` optional).
+With cameras, frames are rendered with `render_quality` (envs.metaworld
+RENDER_QUALITIES); the settings it resolves to are recorded in `build_options.json`
+(`render_settings`), and evaluation renders with exactly those (data/image_source.py).
 The same options give the same episodes: layouts come from layout ids, noise from
 (task, layout, seed). Read the result with `tfds.builder_from_directory`.
 """
@@ -44,6 +47,7 @@ class MetaworldScriptedConfig(tfds.core.BuilderConfig):
     post_success_steps: int = 0
     cameras: tuple[str, ...] = ()
     image_size: tuple[int, int] = (128, 128)
+    render_quality: str = mw.DEFAULT_RENDER_QUALITY  # with cameras: how frames are rendered
     layout_split: str = "train"
     layout_offset: int = 0
     annotator: str = "rule"
@@ -51,7 +55,15 @@ class MetaworldScriptedConfig(tfds.core.BuilderConfig):
     show_progress: bool = True
 
     def options(self) -> dict[str, Any]:
-        return episode_builder.config_options(self)
+        out = episode_builder.config_options(self)
+        if self.cameras:
+            # The settings themselves, not only their name: evaluation renders with these
+            # even if the named qualities change later, and a build under other settings
+            # is not reused.
+            out["render_settings"] = mw.render_settings(self.render_quality).to_json()
+        else:  # nothing rendered: state-only builds stay reusable whatever the quality
+            out.pop("render_quality")
+        return out
 
 
 class MetaworldScripted(episode_builder.RldsEpisodeBuilder):
@@ -189,6 +201,7 @@ class _EnvHandle:
         if self.worker is not None:
             return self.worker.rollout(self.task, layout, cameras=self.cfg.cameras,
                                        image_size=self.cfg.image_size,
+                                       render_quality=self.cfg.render_quality,
                                        max_steps=self.cfg.max_steps, **kwargs)
         return mw.rollout_expert(self.task, layout, max_steps=self.cfg.max_steps,
                                  env=self.env, **kwargs)
@@ -224,6 +237,10 @@ def build(out_dir: str, *, suite: str | None = None, tasks=None, overwrite: bool
     different one in the same place is an error unless `overwrite`.
     """
     resolved = metaworld_tasks.resolve_tasks(suite=suite, tasks=tasks)
+    if options.get("render_quality") is None:
+        options.pop("render_quality", None)
+    else:
+        mw.render_settings(options["render_quality"])  # an unknown name fails before building
     name = suite if suite is not None else "custom"
     config = MetaworldScriptedConfig(name=name, tasks=resolved, description=f"{name} tasks",
                                      **options)
