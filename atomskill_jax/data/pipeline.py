@@ -33,6 +33,7 @@ import ml_collections
 
 from atomskill_jax.data import (frame_transforms, read_errors, sources, statistics_compute,
                                 traj_transforms)
+from atomskill_jax.data.dataset_entries import parse_entries
 from atomskill_jax.data.iterator import DataIterator
 from atomskill_jax.data.normalization import Normalizer, normalizer_from_config
 from atomskill_jax.data.statistics import DatasetStatistics
@@ -40,25 +41,9 @@ from atomskill_jax.data.tf_setup import tf
 
 
 def dataset_entries(config) -> list[tuple[str, float]]:
-    """(name or path, weight) pairs from config.datasets (dicts, or "name:weight" strings)."""
-    entries = config.datasets
-    if isinstance(entries, str):
-        entries = [e for e in entries.split(",") if e.strip()]
-    out = []
-    for entry in entries:
-        if isinstance(entry, str):
-            name, _, weight = entry.strip().rpartition(":")
-            try:
-                out.append((name, float(weight)) if name else (entry.strip(), 1.0))
-            except ValueError:  # a ':' inside a path such as gs://bucket
-                out.append((entry.strip(), 1.0))
-        else:
-            out.append((str(entry["name"]), float(entry.get("weight", 1.0))))
-    if not out:
-        raise ValueError("config.datasets is empty: name at least one dataset")
-    if any(w < 0 for _, w in out) or sum(w for _, w in out) <= 0:
-        raise ValueError(f"config.datasets weights must be >= 0 with a positive sum: {out}")
-    return out
+    """(name or path, weight) pairs from config.datasets (dicts, or "name:weight" strings);
+    `data.dataset_entries.parse_entries` gives the whole entries (standardisation, cameras)."""
+    return [(e.name, e.weight) for e in parse_entries(config)]
 
 
 def derive_seed(seed: int, *tags: Any) -> int:
@@ -71,8 +56,10 @@ def open_sources(config) -> list[sources.DatasetSource]:
     """Open the configured datasets; check each has what the config asks for and that
     all agree on dimensions (mixing needs one example structure)."""
     opened = []
-    for name, _ in dataset_entries(config):
-        source = sources.open_source(name, config.get("data_dir") or None)
+    for entry in parse_entries(config):
+        source = sources.open_source(entry.name, config.get("data_dir") or None,
+                                     standardize=entry.standardize, cameras=entry.cameras,
+                                     split=config.get("split", "train"))
         sources.check_fields(source, cameras=tuple(config.cameras), use_state=config.use_state)
         opened.append(source)
     first = opened[0]

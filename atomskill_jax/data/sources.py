@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any, Mapping
 
 from atomskill_jax.data.tf_setup import tf  # first: hides GPUs before anything uses TF
 
@@ -85,16 +86,26 @@ class DatasetSource:
     action_dim: int
     proprio_dim: int
     state_dim: int | None
-    cameras: tuple[str, ...]
+    cameras: tuple[str, ...]  # the names the model reads them by (after camera mapping)
     language_dim: int
+    # A foreign dataset's standardisation (standardize.PreparedStandardization), applied
+    # as episodes are read; None for datasets in the project's schema.
+    standardization: Any = None
+    # Model camera name -> the observation key holding its images.
+    camera_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def num_episodes(self, split: str = "train") -> int:
         return self.builder.info.splits[split].num_examples
 
+    def camera_key(self, camera: str) -> str:
+        return self.camera_keys.get(camera, f"image_{camera}")
+
     def describe(self) -> str:
+        std = (f", standardised as {self.standardization.name!r}"
+               if self.standardization is not None else "")
         if os.path.normpath(self.name) == os.path.normpath(self.directory):
-            return f"dataset {self.directory}"  # given by its path: once is enough
-        return f"dataset {self.name!r} ({self.directory})"
+            return f"dataset {self.directory}{std}"  # given by its path: once is enough
+        return f"dataset {self.name!r} ({self.directory}{std})"
 
 
 def _load_json(path: str, directory: str):
@@ -146,7 +157,14 @@ def check_info_file(directory: str) -> None:
         _load_json(features, directory)
 
 
-def open_source(name_or_path: str, data_dir: str | None = None) -> DatasetSource:
+def open_source(name_or_path: str, data_dir: str | None = None, *, standardize=None,
+                cameras: Mapping[str, str] | None = None, split: str = "train",
+                embed_fn=None) -> DatasetSource:
+    """Open a dataset. `standardize` (a registered name, a mapping or a parsed
+    Standardization) reads a foreign RLDS layout as the project's schema (see
+    data/standardize.py; `split` is the one whose instructions are embedded, `embed_fn`
+    replaces the sentence encoder); `cameras` maps model camera names to the dataset's
+    cameras ({"front": "corner"} reads image_corner as "front")."""
     directory = resolve_dataset_dir(name_or_path, data_dir)
     check_info_file(directory)
     try:
@@ -163,21 +181,72 @@ def open_source(name_or_path: str, data_dir: str | None = None) -> DatasetSource
         raise DatasetError(f"{where} is not RLDS: it has no nested 'steps' feature "
                            f"(features: {', '.join(features.keys())})")
     steps = features["steps"]
-    for field in (*REQUIRED_STEP_FIELDS, "observation"):
+    if "observation" not in steps:
+        raise DatasetError(f"{where}: field 'steps/observation' missing")
+    obs = steps["observation"]
+    if standardize is not None:
+        return _open_standardized(name_or_path, directory, builder, where, obs, standardize,
+                                  cameras, split, embed_fn)
+    for field in REQUIRED_STEP_FIELDS:
         if field not in steps:
             raise DatasetError(f"{where}: field 'steps/{field}' missing (the RLDS data "
-                               f"contract in ARCHITECTURE.md); rebuild it with its builder")
-    obs = steps["observation"]
+                               f"contract in ARCHITECTURE.md); rebuild it with its builder, "
+                               f"or read a foreign layout with a 'standardize' entry")
     if "proprio" not in obs:
         raise DatasetError(f"{where}: field 'steps/observation/proprio' missing")
-    cameras = tuple(k[len("image_"):] for k in obs.keys() if k.startswith("image_"))
+    native = {k[len("image_"):]: k for k in obs.keys() if k.startswith("image_")}
+    keys = {**native, **camera_keys(obs, cameras or {}, where)}  # a mapping adds names
     return DatasetSource(
         name=name_or_path, directory=directory, builder=builder,
         action_dim=int(steps["action"].shape[-1]),
         proprio_dim=int(obs["proprio"].shape[-1]),
         state_dim=int(obs["state"].shape[-1]) if "state" in obs else None,
-        cameras=cameras,
+        cameras=tuple(keys), camera_keys=keys,
         language_dim=int(steps["language_embedding"].shape[-1]))
+
+
+def _open_standardized(name_or_path, directory, builder, where, obs, standardize, cameras,
+                       split, embed_fn) -> DatasetSource:
+    from atomskill_jax.data import standardize as standardize_lib
+    from atomskill_jax.data.standardize_spec import (Standardization, StandardizationError,
+                                                     parse_standardization)
+
+    try:
+        spec = (standardize if isinstance(standardize, Standardization)
+                else parse_standardization(standardize, f"{where}: standardize"))
+        prepared = standardize_lib.prepare(spec, builder, directory, split=split, where=where,
+                                           embed_fn=embed_fn)
+    except (StandardizationError, standardize_lib.PrepareError) as err:
+        raise DatasetError(str(err)) from err
+    # The standardisation's camera roles, then the entry's own (which win).
+    keys = camera_keys(obs, {**spec.cameras, **(cameras or {})}, where)
+    return DatasetSource(
+        name=name_or_path, directory=directory, builder=builder,
+        action_dim=prepared.action_dim, proprio_dim=prepared.proprio_dim,
+        state_dim=prepared.state_dim, cameras=tuple(keys), camera_keys=keys,
+        language_dim=prepared.language_dim, standardization=prepared)
+
+
+def camera_keys(obs_feature, mapping: Mapping[str, str], where: str) -> dict[str, str]:
+    """{model camera: observation key} for a camera mapping, checked against the features.
+    A value names a camera ("corner" -> image_corner) or an observation key ("image")."""
+    out = {}
+    keys = list(obs_feature.keys())
+    for camera, value in mapping.items():
+        key = f"image_{value}" if f"image_{value}" in keys else value
+        if key not in keys:
+            raise DatasetError(
+                f"{where}: camera {camera!r} is mapped to {value!r}, but neither "
+                f"'steps/observation/image_{value}' nor 'steps/observation/{value}' exists "
+                f"(observation has: {', '.join(sorted(keys))})")
+        feature = obs_feature[key]
+        shape = tuple(getattr(feature, "shape", ()) or ())
+        if not (isinstance(feature, tfds.features.Image) or len(shape) == 3):
+            raise DatasetError(f"{where}: camera {camera!r} is mapped to "
+                               f"'steps/observation/{key}', which is not an image "
+                               f"({type(feature).__name__}, shape {shape})")
+        out[camera] = key
+    return out
 
 
 def check_fields(source: DatasetSource, *, cameras=(), use_state: bool = False) -> None:
@@ -186,7 +255,9 @@ def check_fields(source: DatasetSource, *, cameras=(), use_state: bool = False) 
         if cam not in source.cameras:
             have = ", ".join(source.cameras) or "none"
             raise DatasetError(f"{source.describe()}: field 'steps/observation/image_{cam}' "
-                               f"missing (it has cameras: {have}); fix data.cameras")
+                               f"missing (it has cameras: {have}); fix data.cameras, or map "
+                               f"the camera in this dataset's entry, e.g. "
+                               f"{{'cameras': {{{cam!r}: '<its camera>'}}}}")
     if use_state and source.state_dim is None:
         raise DatasetError(f"{source.describe()}: field 'steps/observation/state' missing; "
                            f"set data.use_state=False for datasets without simulator state")
@@ -225,8 +296,8 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
     filenames, offsets = episode_offsets(source, split)
     filenames_t = tf.constant(filenames)
     offsets_t = tf.constant(offsets, tf.int64)
-    obs_keys = (["proprio"] + (["state"] if keep_state else [])
-                + [f"image_{c}" for c in keep_cameras])
+    low_dim = ["proprio"] + (["state"] if keep_state else [])
+    standardization = source.standardization
 
     def select(episode):
         # tfds id: "<file name>__<position in file>" (file names may contain "__").
@@ -237,8 +308,15 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
         tf.debugging.assert_equal(tf.size(file_slot), 1, message=(
             f"{source.describe()}: an episode's file is not listed in dataset_info.json"))
         steps = episode["steps"]
-        out = {k: steps[k] for k in REQUIRED_STEP_FIELDS}
-        out["observation"] = {k: steps["observation"][k] for k in obs_keys}
+        if standardization is None:
+            out = {k: steps[k] for k in REQUIRED_STEP_FIELDS}
+            observation = steps["observation"]
+        else:  # a foreign layout, read as the project's fields
+            out = standardization.standardize(steps)
+            observation = out.pop("observation")
+        out["observation"] = {k: observation[k] for k in low_dim}
+        for cam in keep_cameras:  # under the model's camera names
+            out["observation"][f"image_{cam}"] = steps["observation"][source.camera_key(cam)]
         out["episode_index"] = tf.gather(offsets_t, file_slot)[0] + position
         return out
 

@@ -46,12 +46,21 @@ def dataset_fingerprint(source: sources.DatasetSource, split: str = "train", *,
         "shard_lengths": [int(n) for n in split_info.shard_lengths],
         "num_bytes": int(split_info.num_bytes),
         "features_sha256": hashlib.sha256(features.encode()).hexdigest()[:16],
+        # A standardised foreign dataset: its statistics are of the standardised fields.
+        **({"standardization": source.standardization.tag}
+           if source.standardization is not None else {}),
         **({SHARDS_KEY: shards.fingerprint(source, split)} if with_shards else {}),
     }
 
 
 def statistics_path(source: sources.DatasetSource, split: str = "train") -> str:
-    return os.path.join(source.directory, statistics.statistics_filename(split))
+    """Beside the dataset; a standardised read has its own file per standardisation
+    (name + content hash), so differently standardised uses of one dataset never mix."""
+    name = statistics.statistics_filename(split)
+    if source.standardization is not None:
+        stem, ext = os.path.splitext(name)
+        name = f"{stem}.{source.standardization.tag}{ext}"
+    return os.path.join(source.directory, name)
 
 
 def field_statistics(values: np.ndarray) -> FieldStatistics:

@@ -97,18 +97,27 @@ def compute_calibration(dataset_dirs: list[str], config_json: dict, statistics: 
     import tensorflow_datasets as tfds
     from atomskill_jax.data.normalization import normalizer_from_config
     from atomskill_jax.data.statistics import DatasetStatistics
+    from atomskill_jax.data.dataset_entries import parse_entries
 
     data_config = ml_collections.ConfigDict(config_json)["data"]
     stats = [DatasetStatistics.from_json(s) for s in statistics]
     normalizer = normalizer_from_config(data_config, stats)
+    # A foreign dataset (entry with 'standardize') is read through its standardisation.
+    entries = parse_entries(data_config)
     results = []
     for index, directory in enumerate(dataset_dirs):
-        source = sources.open_source(directory)
         keys = ("action_abs", "keypose", "skill_segment")
-        # Each episode's steps as one batch of arrays [T, ...] (steps is a nested dataset).
-        ds = source.builder.as_dataset(split=split).map(
-            lambda ep: ep["steps"].map(lambda st: {k: st[k] for k in keys}).batch(
-                1 << 20).get_single_element())
+        entry = entries[index] if len(entries) == len(dataset_dirs) else None
+        if entry is not None and entry.standardize is not None:
+            source = sources.open_source(directory, standardize=entry.standardize, split=split)
+            ds = sources.read_episodes(source, split=split).map(
+                lambda ep: {k: ep[k] for k in keys})
+        else:
+            source = sources.open_source(directory)
+            # Each episode's steps as one batch of arrays [T, ...] (steps is a nested dataset).
+            ds = source.builder.as_dataset(split=split).map(
+                lambda ep: ep["steps"].map(lambda st: {k: st[k] for k in keys}).batch(
+                    1 << 20).get_single_element())
 
         def norm(x, index=index):
             return normalizer.normalize({"keypose": x}, dataset_index=index)["keypose"]
