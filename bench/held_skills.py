@@ -5,7 +5,7 @@ the policy's own sampled skills against teacher-forced skills.
         [--modes=sampled,oracle] [--resample-every=0] [--ensemble-m=...]
 
 Teacher forcing ("oracle"): whenever the policy is about to start a skill, the scripted
-expert is run, without noise, from a copy of the current simulator state until it
+expert is run, without noise, from the current simulator state (remade by replay) until it
 succeeds (as the dataset builder records episodes), its actions are segmented and
 labelled exactly as `build-data` does, and the skill encoder's quantised tokens of the
 first segment (resampled to L, normalised with the checkpoint's statistics) replace the
@@ -24,21 +24,34 @@ to choose settings (default 10).
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 import warnings
 
 import numpy as np
 
 
-def _expert_future(env, task: str, max_steps: int):
-    """The noise-free expert's (action, action_abs, proprio) from a copy of `env`'s
-    current state until success or `max_steps` steps."""
+def _expert_future(shadow, layout: int, executed, reference_state, task: str,
+                   max_steps: int):
+    """The noise-free expert's (action, action_abs, proprio) from the evaluation env's
+    current state until success or `max_steps` steps.
+
+    The state is remade in `shadow` (a MetaWorldEnv of the same task) by replaying the
+    episode's executed commands from the layout's reset: MuJoCo is deterministic, so
+    the replayed state equals the evaluation env's (checked against `reference_state`).
+    A deep copy of the env is not: its next step differs by ~0.1 (MetaWorld's env keeps
+    state a copy does not carry), which made an earlier version of this bench compute
+    its oracle from the wrong simulator state."""
     from atomskill_jax.envs import metaworld as mw
 
-    sim = copy.deepcopy(env.env)  # MetaWorldEnv (no renderer: state observations)
+    shadow.set_layout(layout)
+    obs = shadow.reset()
+    for action in executed:
+        obs = shadow.step(action)[0]
+    drift = float(np.abs(np.asarray(obs, np.float32) - reference_state).max())
+    if drift > 1e-5:
+        raise RuntimeError(f"{task} layout {layout}: the replayed state differs from the "
+                           f"evaluation env's by {drift:.3g}")
     policy = mw.expert_policy(task)
-    obs = env.state.astype(np.float64)
     rec = {"action": [], "action_abs": [], "proprio": []}
     for _ in range(max_steps):
         with warnings.catch_warnings():
@@ -46,11 +59,10 @@ def _expert_future(env, task: str, max_steps: int):
             action = np.clip(np.asarray(policy.get_action(obs), np.float64), -1.0, 1.0)
         rec["proprio"].append(mw.proprio_from_state(obs))
         rec["action"].append(action)
-        rec["action_abs"].append(sim.absolute_target(action))
-        obs, _, _, truncated, info = sim.step(action)
+        rec["action_abs"].append(shadow.absolute_target(action))
+        obs, _, _, truncated, info = shadow.step(action)
         if info.get("success", 0.0) or truncated:
             break
-    sim.env.close()
     return {k: np.asarray(v, np.float32) for k, v in rec.items()}
 
 
@@ -103,6 +115,10 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
     policy.reset([TaskInfo(task, suites.instruction(task), lay, seed, i)
                   for i, lay in enumerate(layouts)])
     obs = [env.reset(lay) for env, lay in zip(envs, layouts)]
+    from atomskill_jax.envs import metaworld as mw
+
+    shadow = mw.MetaWorldEnv(task, max_steps=envs[0].max_steps + 1)  # remakes states
+    executed = [[] for _ in envs]  # native commands per env, for the replay
     done, success = np.zeros(n, bool), np.zeros(n, bool)
     matches, label_hits, starts = [], [], 0
     action_space = config.data.action_space
@@ -112,7 +128,8 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
         begin = state["starting"] & ~done
         oracle = {}
         for i in np.flatnonzero(begin):
-            future = _expert_future(envs[i], task, envs[i].max_steps - t)
+            future = _expert_future(shadow, layouts[i], executed[i], envs[i].state, task,
+                                    envs[i].max_steps - t)
             oracle[i] = _oracle(model, policy.normalizer, future, action_space, length, task)
         if oracle and mode == "oracle":
             tokens = np.zeros_like(state["tokens"])
@@ -137,6 +154,7 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
         for i, env in enumerate(envs):
             if done[i]:
                 continue
+            executed[i].append(env.to_native(actions[i]))
             obs[i], info, truncated = env.step(actions[i], render=False)
             if info.get("success", 0.0):
                 success[i] = done[i] = True
@@ -147,6 +165,7 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
     counts = policy.skill_counts()
     for env in envs:
         env.close()
+    shadow.close()
     return {"success": float(success.mean()), "skills": float(counts["skills"].mean()),
             "capped": float(counts["capped"].mean()), "starts": starts,
             "token_match": float(np.mean(matches)) if matches else float("nan"),

@@ -71,10 +71,25 @@ def main() -> None:
         dist = ((np.asarray(tokens)[:, :, None] - codebook[None, None]) ** 2).sum(-1)
         matches.append(float((dist.argmin(-1) == np.asarray(encoded_idx)).mean()))
         sampled_l1.append(_chunk_l1(model.predict_actions(obs, lang, tokens)[0], batch))
+    # The label head at the same examples (the sampler's label source at inference),
+    # and the sampler given the true label instead: how much a right label would add.
+    pooled = model.sampler.pool(model.obs_encoder(obs, lang),
+                                jnp.zeros((len(lang),), jnp.int32))
+    predicted = np.asarray(jnp.argmax(model.sampler.label_logits(pooled), -1))
+    true_label = np.asarray(batch["skill"]["label_id"])
+    label_acc = float((predicted == true_label).mean())
+    given = []
+    for draw in range(args.samples):
+        tokens = model.sample_skill(jax.random.key(100 + draw), obs, lang,
+                                    label_id=jnp.asarray(true_label))
+        dist = ((np.asarray(tokens)[:, :, None] - codebook[None, None]) ** 2).sum(-1)
+        given.append(float((dist.argmin(-1) == np.asarray(encoded_idx)).mean()))
     rng = np.random.default_rng(0)
     random_tokens = jnp.asarray(codebook[rng.integers(0, len(codebook), encoded_idx.shape)])
     rows = [
         ("token match, sampled vs encoded", np.mean(matches), f"chance {1 / len(codebook):.3f}"),
+        ("token match, sampler given true label", np.mean(given), "label head bypassed"),
+        ("label head accuracy", label_acc, f"{len(set(true_label.tolist()))} labels here"),
         ("chunk L1, encoded skills", _chunk_l1(model.predict_actions(obs, lang, encoded)[0],
                                                batch), "teacher-forced"),
         ("chunk L1, sampled skills", np.mean(sampled_l1), f"{args.samples} draws"),

@@ -70,7 +70,19 @@ def _paper(c):
     c.data.cameras = ("front", "wrist")
     c.data.image_size = (224, 224)
     c.data.use_state = False
-    return c  # model defaults are already the paper's (models/atomskill_config.py)
+    # MetaWorld has no cameras named front and wrist: its rlbench6 build with
+    # `--cameras=corner,gripperPOV` is read with corner as the front camera and the
+    # gripper camera as the wrist one (the dataset entry's camera mapping,
+    # data/dataset_entries.py; evaluation renders the same cameras). Give RLBench's own
+    # build (front, wrist) as --config.data.datasets='("rlbench/...",)'.
+    c.data.datasets = ({"name": "metaworld_scripted/rlbench6", "weight": 1.0,
+                        "cameras": {"front": "corner", "wrist": "gripperPOV"}},)
+    # The sampler as the paper writes it: noise prediction (equation 15) and no
+    # skill-step input (the project's defaults are x0-prediction and a skill-step input,
+    # see the README's "Departures from the paper").
+    c.model.sampler.prediction_type = "epsilon"
+    c.model.sampler.condition_on_skill_step = False
+    return c  # other model defaults are the paper's (methods/atomskill/config.py)
 
 
 def _small_model(m, *, d_model, heads, mlp, enc_layers, dec_layers, tokens, codes):

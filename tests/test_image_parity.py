@@ -9,6 +9,10 @@ replays the dataset's actions and records what the chunk runtime hands the model
 function. Step by step the two must match pixel for pixel, up to 1 level of float
 rounding between TensorFlow's resize and its numpy twin: a flipped, transposed,
 differently resized or differently rendered evaluation frame fails.
+
+The model reads corner as its camera "front" through the dataset entry's camera
+mapping (the `paper` config's front -> corner, wrist -> gripperPOV) and topview as
+itself: evaluation must render the mapped camera for "front".
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from atomskill_jax.policies.base import Policy, batch_size
 
 TASK = "drawer-close"
 STEPS = 4
-CAMERAS = ("corner", "topview")
+CAMERAS = ("corner", "topview")  # what the dataset holds
+CAMERA_MAP = {"front": "corner"}  # the training entry's mapping
+MODEL_CAMERAS = ("front", "topview")  # what the model reads
 NATIVE_SIZE = (40, 48)  # what the builder renders (H != W: a transpose shows)
 TRAIN_SIZE = (32, 40)  # what the pipeline resizes to, and the policy's image size
 QUALITY = "no_shadows"  # not the default: evaluation must read it from the dataset
@@ -90,8 +96,8 @@ def frames(tmp_path_factory):
 
     # Training: one pass in file order, no augmentation; the normalised batch.
     c = data_config.default_data_config()
-    c.datasets = ({"name": dataset_dir, "weight": 1.0},)
-    c.update(cameras=CAMERAS, image_size=TRAIN_SIZE, augment=False, use_state=False,
+    c.datasets = ({"name": dataset_dir, "weight": 1.0, "cameras": CAMERA_MAP},)
+    c.update(cameras=MODEL_CAMERAS, image_size=TRAIN_SIZE, augment=False, use_state=False,
              batch_size=STEPS, horizon=2, skill_resample_length=3, num_parallel_calls=1,
              prefetch=1)
     pipe = pipeline.make_pipeline(c, train=False)
@@ -101,15 +107,16 @@ def frames(tmp_path_factory):
     actions = batch["action_chunk"][:, 0]  # the command executed at each step (no noise)
 
     # Evaluation: the same layout (eval layout 0 = seed 0's first episode), replayed.
-    keys = ("proprio",) + tuple(f"image_{cam}" for cam in CAMERAS)
+    keys = ("proprio",) + tuple(f"image_{cam}" for cam in MODEL_CAMERAS)
     spec = PolicySpec(name="replay", observation_keys=keys, image_size=TRAIN_SIZE)
     input_spec = {"proprio": ((4,), "float32"),
-                  **{f"image_{cam}": ((*TRAIN_SIZE, 3), "uint8") for cam in CAMERAS},
+                  **{f"image_{cam}": ((*TRAIN_SIZE, 3), "uint8") for cam in MODEL_CAMERAS},
                   "language_embedding": ((LANGUAGE_DIM,), "float32")}
     settings = runtime_settings.common_settings(
         spec, input_spec, pipe.normalizer, [s.to_json() for s in pipe.statistics], horizon=1)
     record = str(tmp / "eval_observations.npz")
-    source = policy_image_source([dataset_dir], CAMERAS)
+    source = policy_image_source([dataset_dir], MODEL_CAMERAS, [CAMERA_MAP])
+    assert source["camera_map"] == {"front": "corner", "topview": "topview"}
     factory = functools.partial(ReplayRecorder, actions, record, settings, source)
     (result,) = evaluate(factory, [TASK], episodes_per_task=1, seeds=(0,), max_steps=STEPS,
                          num_workers=1, progress=False).results
@@ -140,7 +147,7 @@ def test_dataset_records_how_its_frames_were_rendered(frames):
 def test_evaluation_frames_equal_training_frames(frames):
     training, evaluation, _ = frames
     np.testing.assert_allclose(evaluation["proprio"], training["proprio"], atol=1e-5)
-    for cam in CAMERAS:
+    for cam in MODEL_CAMERAS:
         key = f"image_{cam}"
         train, evaluate = training[key], evaluation[key]
         assert train.shape == evaluate.shape == (STEPS, *TRAIN_SIZE, 3), key
@@ -163,7 +170,7 @@ def test_numpy_resize_is_the_pipelines(frames):
     from atomskill_jax.data.tf_setup import tf
 
     _, evaluation, _ = frames
-    image = evaluation["image_corner"][0]
+    image = evaluation["image_front"][0]
     for size in ((16, 20), (57, 31), (64, 80), TRAIN_SIZE):
         ours = resize_uint8(image, size).astype(np.int16)
         theirs = resize_image(tf.constant(image), size).numpy().astype(np.int16)
@@ -185,3 +192,9 @@ def test_rendering_of_older_builds_and_errors():
     assert rendering_of(spec, None) == ((32, 32), mw.render_settings(None))
     with pytest.raises(ValueError, match="d: policy .* reads cameras \\['corner'\\]"):
         rendering_of(spec, dict(legacy, cameras=["topview"]))
+    # A mapped camera is checked under the name it is rendered by.
+    front = PolicySpec(observation_keys=("image_front",), image_size=(32, 32))
+    assert rendering_of(front, dict(legacy, camera_map={"front": "corner"}))[0] == (128, 128)
+    with pytest.raises(ValueError, match="reads cameras \\['front'\\] \\(rendered as "
+                                         "\\['corner'\\]\\)"):
+        rendering_of(front, dict(legacy, cameras=["topview"], camera_map={"front": "corner"}))

@@ -29,6 +29,12 @@ def test_paper_is_table_9():
     assert (m.vq.commitment, m.contrastive.temperature) == (0.25, 0.1)
     assert (m.loss_weights.action, m.loss_weights.contrastive) == (1.0, 1e-2)
     assert (c.train.skill_epochs, c.train.sampler_epochs) == (200, 1000)
+    # Equation 15 (noise prediction), no skill-step input; front/wrist from MetaWorld.
+    assert (m.sampler.prediction_type, m.sampler.condition_on_skill_step) == ("epsilon", False)
+    assert (c.data.cameras, c.data.image_size, c.data.use_state) == (("front", "wrist"),
+                                                                     (224, 224), False)
+    (entry,) = c.data.datasets
+    assert dict(entry["cameras"]) == {"front": "corner", "wrist": "gripperPOV"}
 
 
 def test_overrides_are_typed_and_shared_sizes_follow():

@@ -8,7 +8,8 @@ MetaWorld `render_settings`); this module reads them back. JSON only: evaluation
 workers never import TensorFlow.
 
 An image source is a dict: {"dataset": version directory, "cameras": [...],
-"image_size": [h, w], "render_settings": {...} or None (a build that predates them)}.
+"image_size": [h, w], "render_settings": {...} or None (a build that predates them)},
+and from `policy_image_source` also "camera_map": {model camera: dataset camera}.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,34 @@ def read_image_source(dataset_dir: str) -> dict[str, Any] | None:
             "render_settings": options.get("render_settings")}
 
 
-def policy_image_source(dataset_dirs: Sequence[str], cameras: Sequence[str]
+def _dataset_camera(value: str) -> str:
+    """A camera mapping's value as the simulator's camera name (image_corner -> corner)."""
+    return value[len("image_"):] if value.startswith("image_") else value
+
+
+def policy_image_source(dataset_dirs: Sequence[str], cameras: Sequence[str],
+                        camera_maps: Sequence[Mapping[str, str]] | None = None
                         ) -> dict[str, Any] | None:
     """The image source a policy using `cameras` was trained on: that of the first
     dataset recording them (the one whose statistics a policy uses by default). None
-    without cameras or when no dataset recorded how its frames were made."""
+    without cameras or when no dataset recorded how its frames were made.
+
+    `camera_maps[i]`: dataset i's camera mapping from its config entry ({model camera:
+    dataset camera}, data/dataset_entries.py). The source then carries "camera_map"
+    {model camera: the camera to render}, so evaluation renders "corner" for a policy
+    that reads it as "front"."""
     if not cameras:
         return None
+    camera_maps = list(camera_maps or ())
     found = []
-    for directory in dataset_dirs:
+    for index, directory in enumerate(dataset_dirs):
         source = read_image_source(directory)
-        if source is not None and set(cameras) <= set(source["cameras"]):
-            found.append(source)
+        if source is None:
+            continue
+        mapping = camera_maps[index] if index < len(camera_maps) else {}
+        camera_map = {cam: _dataset_camera(mapping.get(cam, cam)) for cam in cameras}
+        if set(camera_map.values()) <= set(source["cameras"]):
+            found.append(dict(source, camera_map=camera_map))
     if not found:
         return None
     first = found[0]

@@ -11,7 +11,8 @@ Images are made as the policy's training frames were (`image_source`, read from 
 training dataset's build options by the loader, data/image_source.py): rendered at the
 dataset's native size with its render settings, then resized to the policy's image
 size with the training pipeline's resize (data/image_resize.py, the numpy twin of
-data/frame_transforms.resize_image). Without an image source: the default render
+data/frame_transforms.resize_image); a dataset entry's camera mapping (the `paper`
+config's front -> corner, wrist -> gripperPOV) renders the mapped camera. Without an image source: the default render
 settings at the policy's size. tests/test_image_parity.py checks training and
 evaluation frames agree.
 
@@ -40,16 +41,26 @@ def eval_layouts(seed: int, episodes: int) -> list[int]:
     return [mw.layout_id("eval", seed * episodes + i) for i in range(episodes)]
 
 
+def camera_map_of(spec: PolicySpec, image_source: Mapping[str, Any] | None) -> dict[str, str]:
+    """{policy camera: MetaWorld camera to render}: the training entry's camera mapping
+    (image_source["camera_map"], e.g. front -> corner), else each camera as itself."""
+    mapping = dict((image_source or {}).get("camera_map") or {})
+    return {cam: mapping.get(cam, cam) for cam in spec.cameras}
+
+
 def rendering_of(spec: PolicySpec, image_source: Mapping[str, Any] | None
                  ) -> tuple[tuple[int, int], mw.RenderSettings]:
     """(native image size, render settings) that remake the policy's training frames."""
     if image_source is None or not spec.cameras:
         return tuple(spec.image_size), mw.render_settings(None)
     where = image_source.get("dataset", "the image source")
-    missing = sorted(set(spec.cameras) - set(image_source.get("cameras", spec.cameras)))
+    camera_map = camera_map_of(spec, image_source)
+    missing = sorted(cam for cam, rendered in camera_map.items()
+                     if rendered not in image_source.get("cameras", camera_map.values()))
     if missing:
-        raise ValueError(f"{where}: policy {spec.name!r} reads cameras {missing} that the "
-                         f"dataset did not record (it has {image_source.get('cameras')})")
+        raise ValueError(f"{where}: policy {spec.name!r} reads cameras {missing} (rendered "
+                         f"as {[camera_map[c] for c in missing]}) that the dataset did not "
+                         f"record (it has {image_source.get('cameras')})")
     settings = image_source.get("render_settings")
     render = (mw.render_settings(mw.LEGACY_RENDER_QUALITY) if settings is None else
               mw.RenderSettings.from_json(settings, source=f"{where} render_settings"))
@@ -78,7 +89,9 @@ class MetaWorldEvalEnv:
         self.language_embedding = (None if language_embedding is None
                                    else np.asarray(language_embedding, np.float32))
         self.max_steps = int(max_steps or default_max_steps(self.task))
-        cameras = tuple(spec.cameras)
+        # The policy's cameras under their rendered names (a mapped dataset: front -> corner).
+        self.camera_map = camera_map_of(spec, image_source)
+        cameras = tuple(dict.fromkeys(self.camera_map.values()))
         if video_camera and video_camera not in cameras:
             cameras += (video_camera,)
         self.video_camera = video_camera
@@ -113,7 +126,8 @@ class MetaWorldEvalEnv:
             elif key == "language_embedding":
                 obs[key] = self.language_embedding
             else:  # image_<camera>, scaled as the training pipeline scaled it
-                obs[key] = resize_uint8(self._frames[key[len("image_"):]], self.image_size)
+                frame = self._frames[self.camera_map[key[len("image_"):]]]
+                obs[key] = resize_uint8(frame, self.image_size)
         return obs
 
     def video_frame(self) -> np.ndarray | None:

@@ -154,15 +154,23 @@ def load_policy(workdir: str, *, step: int | None = None, use_ema: bool = True,
     options = {k: v for k, v in runtime_options.items() if v is not None}
     policy = registry.get_spec(config).make_policy(model, assets, options)
     policy.checkpoint_step = step
-    policy.image_source = _image_source(assets, policy.spec.cameras, workdir)
+    policy.image_source = _image_source(assets, policy.spec.cameras, workdir, config)
     return policy
 
 
-def _image_source(assets: dict, cameras, workdir: str):
-    """How the training datasets made their frames, for evaluation to render alike."""
+def _image_source(assets: dict, cameras, workdir: str, config=None):
+    """How the training datasets made their frames, for evaluation to render alike
+    (with each dataset entry's camera mapping, config.data.datasets)."""
+    from atomskill_jax.data.dataset_entries import parse_entries
     from atomskill_jax.data.image_source import policy_image_source
 
-    source = policy_image_source(assets.get("datasets", ()), cameras)
+    datasets = list(assets.get("datasets", ()))
+    camera_maps = None
+    if config is not None and "data" in config:
+        entries = parse_entries(config.data)
+        if len(entries) == len(datasets):
+            camera_maps = [dict(e.cameras) for e in entries]
+    source = policy_image_source(datasets, cameras, camera_maps)
     if cameras and source is None:
         log.warning("%s: no training dataset records how its %s frames were rendered "
                     "(build_options.json); evaluation renders with the simulator's defaults "
