@@ -43,6 +43,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.episode_shuffle_buffer = 8
     c.example_shuffle_buffer = 5000
     c.batch_size = 64  # global: split over processes, then over the mesh
+    # Data shards: the episodes are cut into this many parts, each with its own pipeline
+    # and batches of batch_size / shards; a process reads shards / processes of them
+    # (pipeline.shard_layout). 0: one per process. Fixed (a multiple of every process
+    # count to be used), the batches and a resumed data position are the same on any
+    # process count; 0 ties them to the process count the run started with.
+    c.shards = 0
     c.seed = 0
     c.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE
     c.prefetch = 2  # batches

@@ -1,12 +1,14 @@
 """The AtomSkill input pipeline: RLDS datasets -> mixed, shuffled, batched examples.
 
-Order (as in octo): per dataset, read this process's episodes -> shuffle episodes ->
-trajectory transforms (chunks, skill segments, keypose, ids) -> single steps; then mix
-the datasets by weight -> shuffle steps -> frame transforms (decode, resize) -> batch ->
-augment images (batched: see frame_transforms.py). Images stay encoded until after the
-step shuffle, so its buffer stays small.
-Every random choice is seeded from `config.seed`, so the order is a function of the
-seed, and the iterator state can be saved and restored (iterator.py).
+Order (as in octo), per data shard (`shard_layout`: a process reads one or more): per
+dataset, read the shard's episodes -> shuffle episodes -> trajectory transforms (chunks,
+skill segments, keypose, ids) -> single steps; then mix the datasets by weight ->
+shuffle steps -> frame transforms (decode, resize) -> batch -> augment images (batched:
+see frame_transforms.py). Images stay encoded until after the step shuffle, so its
+buffer stays small. A process's local batch is its shards' batches in shard order.
+Every random choice is seeded from `config.seed` (and the shard), so the order is a
+function of the seed and `config.shards`, and the iterator state can be saved and
+restored (iterator.py).
 
 Example (one step; batches add a leading axis B):
   observation/proprio   float32[P]      observation/state  float32[S] (use_state)
@@ -81,11 +83,33 @@ def default_trajectory_transform(config) -> Callable:
         resample_length=int(config.skill_resample_length), action_space=config.action_space)
 
 
-def _per_dataset(source, index: int, config, *, train: bool, process_index: int,
-                 process_count: int, trajectory_transform: Callable | None) -> tf.data.Dataset:
+def shard_layout(config, process_index: int, process_count: int) -> tuple[list[int], int]:
+    """(this process's data shards, the shard count) of `config.shards`.
+
+    The split's episodes are cut into `shards` even parts (0: one per process), each read
+    by its own pipeline into batches of batch_size / shards; process p reads the
+    consecutive shards [p * k, (p + 1) * k), k = shards / processes, and its local batch
+    is theirs in shard order. So the global batch depends on the shard count only: a
+    fixed `shards` gives the same batches, and a checkpoint's data position (saved per
+    shard) resumes exactly, on any process count dividing it.
+    """
+    count = int(config.get("shards", 0) or 0) or process_count
+    if count < 1 or count % process_count:
+        raise ValueError(f"data.shards={count} does not split over {process_count} processes; "
+                         f"use a multiple of {process_count} (or 0: one shard per process)")
+    if config.batch_size % count:
+        raise ValueError(f"batch size {config.batch_size} does not split over the {count} data "
+                         f"shards" + ("" if config.get("shards") else
+                                      f" (one per process: {process_count} processes)"))
+    per = count // process_count
+    return list(range(process_index * per, (process_index + 1) * per)), count
+
+
+def _per_dataset(source, index: int, config, *, train: bool, shard: int, shard_count: int,
+                 trajectory_transform: Callable | None) -> tf.data.Dataset:
     seed = config.seed
     ds = sources.read_episodes(
-        source, split=config.split, process_index=process_index, process_count=process_count,
+        source, split=config.split, process_index=shard, process_count=shard_count,
         shuffle_seed=derive_seed(seed, "files", index) if train else None,
         keep_cameras=tuple(config.cameras), keep_state=config.use_state)
     if train:
@@ -97,17 +121,18 @@ def _per_dataset(source, index: int, config, *, train: bool, process_index: int,
     return ds.unbatch()
 
 
-def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
-                  process_index: int = 0, process_count: int = 1,
-                  trajectory_transform: Callable | None = None) -> tf.data.Dataset:
-    """Local batches (this process's share: batch_size / process_count) as a tf.data.Dataset."""
-    if config.batch_size % process_count:
+def build_shard(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
+                shard: int = 0, shard_count: int = 1,
+                trajectory_transform: Callable | None = None) -> tf.data.Dataset:
+    """One data shard's batches (batch_size / shard_count examples) as a tf.data.Dataset.
+    Its seeds depend on the shard only, never on which process reads it."""
+    if config.batch_size % shard_count:
         raise ValueError(f"batch size {config.batch_size} does not split over "
-                         f"{process_count} processes")
-    local_batch = config.batch_size // process_count
+                         f"{shard_count} data shards")
+    shard_batch = config.batch_size // shard_count
     weights = [w for _, w in dataset_entries(config)]
-    per_dataset = [_per_dataset(s, i, config, train=train, process_index=process_index,
-                                process_count=process_count,
+    per_dataset = [_per_dataset(s, i, config, train=train, shard=shard,
+                                shard_count=shard_count,
                                 trajectory_transform=trajectory_transform)
                    for i, s in enumerate(opened)]
     if len(per_dataset) == 1:
@@ -123,9 +148,9 @@ def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: boo
     frame = functools.partial(frame_transforms.process_frame, cameras=cameras,
                               size=tuple(config.image_size))
     ds = ds.map(frame, num_parallel_calls=config.num_parallel_calls, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.batch(shard_batch, drop_remainder=True)
     if train and config.augment and cameras:
-        aug_seed = derive_seed(config.seed, "augment", process_index)
+        aug_seed = derive_seed(config.seed, "augment", shard)
 
         def augment(position, batch):  # randomness from (seed, batch position) only
             return frame_transforms.augment_batch(
@@ -138,6 +163,32 @@ def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: boo
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def build_shards(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
+                 process_index: int = 0, process_count: int = 1,
+                 trajectory_transform: Callable | None = None):
+    """{shard: its batches} for this process's shards (`shard_layout`), and the count."""
+    shards, count = shard_layout(config, process_index, process_count)
+    return {s: build_shard(config, opened, train=train, shard=s, shard_count=count,
+                           trajectory_transform=trajectory_transform) for s in shards}, count
+
+
+def build_dataset(config, opened: Sequence[sources.DatasetSource], *, train: bool = True,
+                  process_index: int = 0, process_count: int = 1,
+                  trajectory_transform: Callable | None = None) -> tf.data.Dataset:
+    """Local batches (this process's share: batch_size / process_count) as a tf.data.Dataset:
+    its shards' batches joined in shard order (one shard per process: that shard's)."""
+    if config.batch_size % process_count:
+        raise ValueError(f"batch size {config.batch_size} does not split over "
+                         f"{process_count} processes")
+    per_shard, _ = build_shards(config, opened, train=train, process_index=process_index,
+                                process_count=process_count,
+                                trajectory_transform=trajectory_transform)
+    if len(per_shard) == 1:
+        return next(iter(per_shard.values()))
+    return tf.data.Dataset.zip(tuple(per_shard.values())).map(
+        lambda *batches: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *batches))
 
 
 @dataclasses.dataclass
@@ -157,6 +208,9 @@ class DataPipeline:
     global_batch_size: int
     build: Callable[[], tf.data.Dataset]
     split: str = "train"
+    # () -> ({shard: batches}, shard count): what `iterator()` reads (None: `build`, one
+    # shard per process).
+    build_shards: Callable[[], tuple[dict, int]] | None = None
 
     def dataset(self) -> tf.data.Dataset:
         """Local batches (this process's share), before normalisation. Iterate it with
@@ -172,7 +226,15 @@ class DataPipeline:
         return read_errors.explain(err, self.sources, self.split)
 
     def iterator(self, mesh=None) -> DataIterator:
-        return DataIterator(self.build(), normalize=self.normalizer.normalize, mesh=mesh,
+        """Normalised local batches; one tf.data iterator per data shard, so its saved
+        position is per shard and restores under another process count."""
+        if self.build_shards is None:
+            datasets, shards, count = [self.build()], None, None
+        else:
+            per_shard, count = self.build_shards()
+            datasets, shards = list(per_shard.values()), list(per_shard)
+        return DataIterator(datasets, shards=shards, shard_count=count,
+                            normalize=self.normalizer.normalize, mesh=mesh,
                             global_batch_size=self.global_batch_size,
                             explain_error=self.explain_error)
 
@@ -205,6 +267,9 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     build = functools.partial(build_dataset, config, opened, train=train,
                               process_index=process_index, process_count=process_count,
                               trajectory_transform=trajectory_transform)
+    shards = functools.partial(build_shards, config, opened, train=train,
+                               process_index=process_index, process_count=process_count,
+                               trajectory_transform=trajectory_transform)
     build()  # fail now, not at the first batch, if the graph cannot be built
     normalizer = normalizer_from_config(config, stats)
     if normalizer_keys is not None:
@@ -212,5 +277,5 @@ def make_pipeline(config, *, train: bool = True, process_index: int | None = Non
     return DataPipeline(sources=opened, statistics=stats, data_statistics=own,
                         normalizer=normalizer,
                         global_batch_size=int(config.batch_size), build=build,
-                        split=config.split)
+                        split=config.split, build_shards=shards)
 

@@ -274,7 +274,8 @@ def episode_offsets(source: DatasetSource, split: str):
 def read_episodes(source: DatasetSource, *, split: str = "train", process_index: int = 0,
                   process_count: int = 1, shuffle_seed: int | None = None,
                   keep_cameras=(), keep_state: bool = False) -> tf.data.Dataset:
-    """This process's share of episodes, each a dict of per-step tensors [T, ...].
+    """This process's share of episodes, each a dict of per-step tensors [T, ...]
+    (`process_index` of `process_count`: the pipeline passes a data shard of the count).
 
     Adds `episode_index` (int64): the episode's index in the whole split, stable
     across processes and runs (file offset + position in file, from its tfds id).
@@ -286,7 +287,8 @@ def read_episodes(source: DatasetSource, *, split: str = "train", process_index:
                            f"(has {', '.join(source.builder.info.splits.keys())})")
     if source.num_episodes(split) < process_count:
         raise DatasetError(f"{source.describe()}: {source.num_episodes(split)} episodes in "
-                           f"split {split!r}, fewer than the {process_count} processes")
+                           f"split {split!r}, fewer than the {process_count} data shards "
+                           f"(data.shards; 0: one per process)")
     sub_split = tfds.even_splits(split, n=process_count)[process_index]
     read_config = tfds.ReadConfig(add_tfds_id=True, try_autocache=False,
                                   shuffle_seed=shuffle_seed)

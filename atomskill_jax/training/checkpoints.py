@@ -4,7 +4,7 @@
                where an EMA is kept, frozen parameters, non-Param state such as VQ
                usage): all a policy needs, without optimiser state
   train_state  step, RNG, trained parameters, optimiser state, EMA, non-Param state
-  data         each process's tf.data iterator position (files named by process)
+  data         the tf.data iterator position of each data shard (files named by shard)
   assets       JSON: resolved config, normalisation statistics, stage, mesh shape
 
 Saves are asynchronous (the arrays are copied off the devices, then written in the
@@ -298,13 +298,25 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
                         iterator) -> Any:
     """Train state (onto the shardings of `abstract_state`) and the iterator position.
 
-    Any failure becomes a CheckpointError naming the step directory and the reason.
+    A position saved under another data shard count (data.shards 0, one per process,
+    and another process count) cannot continue this pipeline's order: the train state
+    is restored, the data order starts afresh, with a warning. Any other failure
+    becomes a CheckpointError naming the step directory and the reason.
     """
     where = os.path.join(os.fspath(manager.directory), str(step))
+    items = {"train_state": ocp.args.StandardRestore(abstract_state),
+             "data": DataIteratorRestore(iterator)}
+    saved = iterator.saved_shard_counts(os.path.join(where, "data"))
+    if saved and iterator.shard_count not in saved:
+        del items["data"]
+        log.warning("checkpoint %s: its data position was saved for %s data shard(s), this "
+                    "run reads %d (data.shards=0 is one per process): the train state is "
+                    "restored but the data order starts afresh, so this is not an exact "
+                    "continuation. Start runs with data.shards=N (a multiple of every "
+                    "process count to be used) to resume exactly on another process count",
+                    where, " or ".join(map(str, saved)), iterator.shard_count)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            train_state=ocp.args.StandardRestore(abstract_state),
-            data=DataIteratorRestore(iterator)))
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as err:  # noqa: BLE001 - every failure means "cannot resume"
         raise CheckpointError(
             f"checkpoint {where} exists but cannot be restored: {failure_message(err)}. "

@@ -23,6 +23,9 @@ RESUMABLE_PREFIXES = ("train.", "mesh.", "distributed.", "wandb.", "stage", "var
 
 
 _ABSENT = object()  # a key one of the two configs does not have
+# Keys added after runs were recorded, with the value that does what their absence did:
+# a config.json without the key is the same run as one with this value.
+ADDED_KEYS = {"data.shards": 0}
 
 
 class ConfigMismatchError(ValueError):
@@ -43,6 +46,10 @@ def flatten(tree, prefix: str = "") -> dict:
 def differences(old: dict, new: dict) -> dict:
     """{dotted key: (old value, new value)} for keys whose values differ or exist once."""
     a, b = flatten(old), flatten(new)
+    for key, value in ADDED_KEYS.items():
+        for tree in (a, b):
+            if key not in tree:
+                tree[key] = value
     return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
             if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
