@@ -182,6 +182,9 @@ def main() -> None:
     parser.add_argument("--resample-every", type=int, default=0)
     parser.add_argument("--ensemble-m", default=None)
     parser.add_argument("--epsilon", type=float, default=None)
+    parser.add_argument("--trigger-dims", default=None,
+                        help="comma-separated action dims the trigger compares, e.g. 0,1,2")
+    parser.add_argument("--max-skill-steps", type=int, default=None)
     args = parser.parse_args()
 
     from atomskill_jax.envs import metaworld_eval
@@ -192,7 +195,9 @@ def main() -> None:
     tasks = suites.resolve_tasks(None if "," in args.tasks else args.tasks,
                                  args.tasks.split(",") if "," in args.tasks else None)
     options = {"resample_every": args.resample_every, "ensemble_m": args.ensemble_m,
-               "epsilon": args.epsilon}
+               "epsilon": args.epsilon, "max_skill_steps": args.max_skill_steps,
+               "trigger_dims": (tuple(int(d) for d in args.trigger_dims.split(","))
+                                if args.trigger_dims else None)}
     options = {k: v for k, v in options.items() if v is not None}
     rows = []
     for mode in args.modes.split(","):

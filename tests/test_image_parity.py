@@ -1,7 +1,7 @@
 """Training and evaluation images agree: size, dtype, value range, orientation, scaling.
 
 One tiny MetaWorld dataset with two cameras (corner, which MetaWorld mounts rolled by
-180 degrees, and topview) is built on evaluation layout 0, rendered at 40x48 with a
+180 degrees, and gripperPOV) is built on evaluation layout 0, rendered at 40x48 with a
 non-default render quality. The training pipeline reads it back resized to 32x40 (no
 augmentation) and normalised, as a model sees it. Evaluation runs the same layout
 through `evaluate` (a spawned rollout worker, the real env adapter) with a policy that
@@ -10,9 +10,9 @@ function. Step by step the two must match pixel for pixel, up to 1 level of floa
 rounding between TensorFlow's resize and its numpy twin: a flipped, transposed,
 differently resized or differently rendered evaluation frame fails.
 
-The model reads corner as its camera "front" through the dataset entry's camera
-mapping (the `paper` config's front -> corner, wrist -> gripperPOV) and topview as
-itself: evaluation must render the mapped camera for "front".
+The model reads them as its cameras "front" and "wrist" through the dataset entry's
+camera mapping, as the `paper` config does: evaluation must render the mapped cameras.
+The `paper` variant itself then traces a whole training step on this dataset.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import os
 import numpy as np
 import pytest
 
+from tests.tiny_model import REPO
+
 from atomskill_jax.policies.base import Policy, batch_size
 
 TASK = "drawer-close"
 STEPS = 4
-CAMERAS = ("corner", "topview")  # what the dataset holds
-CAMERA_MAP = {"front": "corner"}  # the training entry's mapping
-MODEL_CAMERAS = ("front", "topview")  # what the model reads
+CAMERAS = ("corner", "gripperPOV")  # what the dataset holds
+CAMERA_MAP = {"front": "corner", "wrist": "gripperPOV"}  # the paper config's mapping
+MODEL_CAMERAS = ("front", "wrist")  # what the model reads
 NATIVE_SIZE = (40, 48)  # what the builder renders (H != W: a transpose shows)
 TRAIN_SIZE = (32, 40)  # what the pipeline resizes to, and the policy's image size
 QUALITY = "no_shadows"  # not the default: evaluation must read it from the dataset
@@ -116,7 +118,7 @@ def frames(tmp_path_factory):
         spec, input_spec, pipe.normalizer, [s.to_json() for s in pipe.statistics], horizon=1)
     record = str(tmp / "eval_observations.npz")
     source = policy_image_source([dataset_dir], MODEL_CAMERAS, [CAMERA_MAP])
-    assert source["camera_map"] == {"front": "corner", "topview": "topview"}
+    assert source["camera_map"] == CAMERA_MAP
     factory = functools.partial(ReplayRecorder, actions, record, settings, source)
     (result,) = evaluate(factory, [TASK], episodes_per_task=1, seeds=(0,), max_steps=STEPS,
                          num_workers=1, progress=False).results
@@ -198,3 +200,39 @@ def test_rendering_of_older_builds_and_errors():
     with pytest.raises(ValueError, match="reads cameras \\['front'\\] \\(rendered as "
                                          "\\['corner'\\]\\)"):
         rendering_of(front, dict(legacy, cameras=["topview"], camera_map={"front": "corner"}))
+
+
+def test_paper_variant_traces_a_training_step_on_the_image_build(frames):
+    """The `paper` config (ResNet-18 on front + wrist at 224 px, the paper's model
+    sizes) on this `build-data` dataset, read through its own camera mapping: one
+    pipeline batch and a whole skill-stage training step (loss, gradients, AdamW,
+    EMA) traced with jax.eval_shape. Only the batch size is changed; compiling the
+    step would take ~1 minute on these CPUs (`atomskill train` with this config and
+    --config.data.batch_size=2 ran both stages in 3 minutes)."""
+    import jax
+
+    from atomskill_jax.data import pipeline
+    from atomskill_jax.training import config_flags, mesh as mesh_lib, optimizer, trainer
+    from atomskill_jax.training.train_state import create_train_state, make_train_step
+
+    *_, dataset_dir = frames
+    config = config_flags.load_config(os.path.join(REPO, "configs/atomskill.py:paper"))
+    (entry,) = config.data.datasets
+    config.data.datasets = (dict(entry.to_dict() if hasattr(entry, "to_dict") else entry,
+                                 name=dataset_dir),)
+    config.data.update(batch_size=2, num_parallel_calls=1, prefetch=1,
+                       episode_shuffle_buffer=1, example_shuffle_buffer=4)
+    pipe = pipeline.make_pipeline(config.data, train=True)
+    trainer.fill_model_dims(config, pipe)
+    batch = next(iter(pipe.numpy_batches()))
+    for cam in ("front", "wrist"):
+        assert batch["observation"][f"image_{cam}"].shape == (2, 224, 224, 3)
+    batch = pipe.normalizer.normalize(batch)
+    tx, schedule = optimizer.make_optimizer(config.optim, 10)
+    mesh = mesh_lib.make_mesh()
+    graphdef, state, _ = create_train_state(config, "skill", tx, mesh, abstract_only=True)
+    step = make_train_step(graphdef, tx, config, "skill", schedule=schedule, ema_decay=0.999)
+    new_state, metrics = jax.eval_shape(step, jax.random.key(0), state, batch)
+    assert metrics["loss"].shape == () and "keypose_l1" in metrics
+    n_params = sum(x.size for x in jax.tree.leaves(new_state.params))
+    assert n_params > 20_000_000, n_params  # two ResNet-18s alone hold ~22M

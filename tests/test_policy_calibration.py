@@ -138,3 +138,31 @@ def test_calibration_of_the_real_fixture_and_of_several_datasets(
         [epsilon, epsilon / 2], rel=1e-5)
     assert both["epsilon"] == pytest.approx(epsilon / 2, rel=1e-5)
     assert both["max_skill_steps"] == cap
+
+
+
+def test_trigger_dims_and_cap_quantile():
+    """dims=(0,): distances on the first action dimension only. One segment of 5 steps
+    (keypose 0): dimension 0 at n-distances 1, 0.5, 0.2, 0.1, then 0 at its end;
+    dimension 1 (a gripper command that flips at the keyframe) 2 away on every early
+    step. Whole action: early d = sqrt(x^2 + 4) = 2.236, 2.062, 2.010, 2.002; p5 (rank
+    0.15) = 2.0036, epsilon = 1.0018. Dimension 0: p5 of 1, .5, .2, .1 = 0.115,
+    epsilon = 0.0575. Cap: lengths 5 and 20; the 50th percentile 12.5 -> ceil(18.75)
+    = 19, the longest -> 30."""
+    keypose = np.zeros((5, 4), np.float32)
+    action_abs = np.zeros((5, 4), np.float32)
+    action_abs[:4, 0] = [2.0, 1.0, 0.4, 0.2]  # _normalize halves differences
+    action_abs[:4, 1] = 4.0
+    ep = {"action_abs": action_abs, "keypose": keypose,
+          "skill_segment": np.zeros(5, np.int32)}
+    whole = calibration.epsilon_from_episodes([ep], _normalize)
+    assert whole["eps_early"] == pytest.approx(2.0036, abs=1e-4)
+    assert whole["epsilon"] == pytest.approx(1.0018, abs=1e-4) and whole["trigger_dims"] is None
+    first = calibration.epsilon_from_episodes([ep], _normalize, dims=(0,))
+    assert first["eps_early"] == pytest.approx(0.115) and first["epsilon"] == pytest.approx(0.0575)
+    assert first["trigger_dims"] == [0]
+    long = {"action_abs": np.zeros((20, 4), np.float32), "keypose": np.zeros((20, 4), np.float32),
+            "skill_segment": np.ones(20, np.int32)}
+    assert calibration.epsilon_from_episodes([ep, long], _normalize)["max_skill_steps"] == 30
+    assert calibration.epsilon_from_episodes([ep, long], _normalize,
+                                             cap_quantile=50)["max_skill_steps"] == 19

@@ -260,3 +260,28 @@ def test_act_like_baseline_executes_chunks(metaworld_rlds_dir):
     actions = [policy.infer(_obs(2)) for _ in range(7)]
     assert len(calls) == 3  # steps 0, 3, 6
     np.testing.assert_allclose(np.stack(actions[:3], 1), chunk[:, :3], rtol=1e-5, atol=1e-6)
+
+
+
+def test_trigger_compares_only_the_chosen_dimensions(workdir):
+    """trigger_dims=(0,): the keypose distance is that of action dimension 0 alone
+    (recomputed here from the executed action, the adapter and the saved statistics);
+    the default compares the whole action."""
+    from atomskill_jax.policies.loading import load_policy
+
+    distances = {}
+    for dims in (None, (0,)):
+        policy = load_policy(workdir, trigger_dims=dims)
+        policy.reset(_infos(3))
+        obs = _obs(3)
+        action = policy.infer(obs)
+        target = policy.normalizer.normalize({"keypose": policy.adapter.to_absolute(action, obs)})
+        keypose = policy.normalizer.normalize({"keypose": policy.skill_state()["keypose"]})
+        diff = target["keypose"] - keypose["keypose"]
+        pick = slice(None) if dims is None else list(dims)
+        np.testing.assert_allclose(policy.last_distance,
+                                   np.linalg.norm(diff[:, pick], axis=-1), rtol=1e-4)
+        distances[dims] = policy.last_distance
+    assert (distances[(0,)] < distances[None]).all()
+    with pytest.raises(ValueError, match="trigger_dims"):
+        load_policy(workdir, trigger_dims=(99,))

@@ -47,13 +47,18 @@ FALLBACK = {"epsilon": 0.25, "max_skill_steps": 200}
 def epsilon_from_episodes(episodes: Iterable[Mapping[str, np.ndarray]],
                           normalize_abs: Callable[[np.ndarray], np.ndarray], *,
                           end_steps: int = 1, end_quantile: float = 90.0,
-                          early_quantile: float = 5.0) -> dict:
+                          early_quantile: float = 5.0, dims=None,
+                          cap_quantile: float = 100.0) -> dict:
     """The rule of the module docstring. `episodes`: dicts with `action_abs` [T, A],
-    `keypose` [T, A], `skill_segment` [T]; `normalize_abs`: [N, A] -> [N, A]."""
+    `keypose` [T, A], `skill_segment` [T]; `normalize_abs`: [N, A] -> [N, A]; `dims`:
+    the action dimensions the trigger compares (None: all); the cap is 1.5 x the
+    `cap_quantile` percentile of segment lengths (100: the longest)."""
     end, early, lengths = [], [], []
+    pick = slice(None) if dims is None else np.asarray(sorted(dims), np.int64)
     for ep in episodes:
-        d = np.linalg.norm(normalize_abs(np.asarray(ep["action_abs"], np.float32))
-                           - normalize_abs(np.asarray(ep["keypose"], np.float32)), axis=-1)
+        diff = (normalize_abs(np.asarray(ep["action_abs"], np.float32))
+                - normalize_abs(np.asarray(ep["keypose"], np.float32)))
+        d = np.linalg.norm(diff[:, pick], axis=-1)
         seg = np.asarray(ep["skill_segment"])
         # Segments are maximal runs of equal ids (as the data pipeline defines them).
         cuts = np.flatnonzero(np.diff(seg) != 0) + 1
@@ -75,7 +80,8 @@ def epsilon_from_episodes(episodes: Iterable[Mapping[str, np.ndarray]],
     epsilon = 0.5 * (eps_end + eps_early) if separable else eps_end
     return {
         "epsilon": epsilon, "eps_end": eps_end, "eps_early": eps_early,
-        "max_skill_steps": max(10, int(np.ceil(1.5 * max(lengths)))),
+        "max_skill_steps": max(10, int(np.ceil(1.5 * np.percentile(lengths, cap_quantile)))),
+        "trigger_dims": None if dims is None else [int(d) for d in sorted(dims)],
         "num_segments": len(lengths), "segment_length_p50": float(np.median(lengths)),
         "segment_length_max": int(max(lengths)),
         "early_fire_rate": float(np.mean(early_d < epsilon)) if early_d.size else 0.0,
@@ -104,6 +110,10 @@ def compute_calibration(dataset_dirs: list[str], config_json: dict, statistics: 
     normalizer = normalizer_from_config(data_config, stats)
     # A foreign dataset (entry with 'standardize') is read through its standardisation.
     entries = parse_entries(data_config)
+    decoder = (config_json.get("model") or {}).get("decoder") or {}
+    trigger_dims = decoder.get("trigger_dims")  # None: the whole action
+    trigger_dims = None if trigger_dims is None else tuple(int(d) for d in trigger_dims)
+    cap_quantile = float(decoder.get("skill_cap_quantile", 100.0))
     results = []
     for index, directory in enumerate(dataset_dirs):
         keys = ("action_abs", "keypose", "skill_segment")
@@ -123,7 +133,8 @@ def compute_calibration(dataset_dirs: list[str], config_json: dict, statistics: 
             return normalizer.normalize({"keypose": x}, dataset_index=index)["keypose"]
 
         episodes = read_errors.iterate(tfds.as_numpy(ds), [source], split)  # shards named
-        results.append(epsilon_from_episodes(episodes, norm))
+        results.append(epsilon_from_episodes(
+            episodes, norm, dims=trigger_dims, cap_quantile=cap_quantile))
     # Several datasets: the most conservative of each (smallest ε, longest cap).
     out = dict(min(results, key=lambda r: r["epsilon"]))
     out["max_skill_steps"] = max(r["max_skill_steps"] for r in results)

@@ -78,6 +78,12 @@ def default_model_config() -> ml_collections.ConfigDict:
         # the next skill's actions from the current skill's tokens. Skill-less models
         # (the ACT-like baseline) always learn the whole chunk.
         "chunk_rule": "segment",
+        # The keypose trigger (calibration.py, runtime.py): which action dimensions it
+        # compares (None: the whole action, the paper's ||a - k||; e.g. (0, 1, 2) for
+        # MetaWorld's hand position without the gripper command), and the per-skill step
+        # cap as 1.5 x this percentile of training segment lengths (100: the longest).
+        "trigger_dims": None,
+        "skill_cap_quantile": 100.0,
         # Inference default (methods/atomskill/policy.py): temporal ensembling of the
         # overlapping chunks of the current skill, weights exp(m * age) (ACT's m = 0.01);
         # None = off (each step executes the newest chunk's action; the paper).

@@ -28,6 +28,17 @@ __all__ = ["AtomSkillPolicy", "RuntimeOptions", "make_program", "policy_from_ass
            "resolve_ensemble_m"]
 
 
+def _trigger_dims(dims, action_dim: int):
+    """The trigger's dimensions as a sorted list (JSON-safe), checked; None: all."""
+    if dims is None:
+        return None
+    out = sorted({int(d) for d in (dims if not isinstance(dims, int) else [dims])})
+    if not out or out[0] < 0 or out[-1] >= action_dim:
+        raise ValueError(f"AtomSkill policy: trigger_dims {dims} must name action dimensions "
+                         f"in [0, {action_dim})")
+    return out
+
+
 def _calibration(assets: dict, options: RuntimeOptions, skills: bool) -> dict:
     """ε and the step cap: the option, else the checkpoint's calibration (assets), else
     `calibration.FALLBACK` with a warning."""
@@ -85,6 +96,8 @@ def make_program(model, assets: dict, options: dict) -> Program:
         epsilon=float(opts.epsilon if opts.epsilon is not None else calib["epsilon"]),
         max_skill_steps=int(opts.max_skill_steps if opts.max_skill_steps is not None
                             else calib["max_skill_steps"]),
+        trigger_dims=_trigger_dims(opts.trigger_dims if opts.trigger_dims is not None
+                                   else calib.get("trigger_dims"), int(m.action_dim)),
         ensemble_m=resolve_ensemble_m(opts.ensemble_m, m),
         resample_every=0 if not skills else int(
             opts.resample_every if opts.resample_every is not None

@@ -79,6 +79,12 @@ class RuntimeOptions:
         if self.resample_every is not None and int(self.resample_every) < 0:
             raise ValueError(f"resample_every must be >= 0 (0: hold skills until the "
                              f"keypose trigger), got {self.resample_every}")
+    # Which action dimensions the keypose trigger compares (e.g. (0, 1, 2): MetaWorld's
+    # hand position, not its gripper command); None: the calibration's, else all.
+    # Segments are cut where the gripper command flips, so within a skill the command is
+    # constant and only the keyframe step carries the new one: a trigger on the whole
+    # action fires only if the decoder emits that one step under the current skill.
+    trigger_dims: tuple[int, ...] | None = None
     num_steps: int | None = None  # DDIM steps (None: config)
     guidance: float | None = None  # classifier-free guidance (None: config)
     seed: int = 0
@@ -119,6 +125,8 @@ class AtomSkillPolicy(Policy):
         self.normalizer = runtime_settings.normalizer(settings)
         self.adapter = adapter
         self.epsilon = float(options.epsilon)
+        self.trigger_dims = (None if options.trigger_dims is None
+                             else np.asarray(options.trigger_dims, np.int64))
         self.max_skill_steps = int(options.max_skill_steps)
         self.skills = bool(settings["skills"])
         self.resample_every = int(options.resample_every) if self.skills else 0
@@ -229,7 +237,10 @@ class AtomSkillPolicy(Policy):
         # The normaliser's "keypose" key is normalised with the action_abs statistics.
         target = self.normalizer.normalize({"keypose": target},
                                            dataset_index=self.options.dataset_index)["keypose"]
-        self.last_distance = chaining.keypose_distance(target, self._keypose)
+        keypose = self._keypose
+        if self.trigger_dims is not None:
+            target, keypose = target[:, self.trigger_dims], keypose[:, self.trigger_dims]
+        self.last_distance = chaining.keypose_distance(target, keypose)
         return self.last_distance
 
     def force_skill(self, tokens: np.ndarray, which: np.ndarray) -> None:
