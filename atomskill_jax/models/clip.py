@@ -6,9 +6,11 @@ by `clip_loading.load_clip`, which names every missing, unexpected or mis-shaped
 tensor. Only the inference path is implemented (no dropout, no position-embedding
 interpolation: images must be `image_size` square, see `preprocess_images`).
 
-Images are NHWC (the data pipeline's layout), not torch's NCHW. Parameters carry no
-sharding annotations on purpose: CLIP is a frozen feature extractor (150M
-parameters for ViT-B/16), replicated wherever it runs.
+Images are NHWC (the data pipeline's layout), not torch's NCHW. Sharding: CLIP is a
+frozen feature extractor, but its 150M parameters (ViT-B/16 with the text tower,
+~600 MB) would be the largest thing on every device of an FSDP mesh, so kernels and
+embeddings carry fsdp metadata on their width axis like the trained models
+(models/layers.py; metadata only: one device, and the values, are unchanged).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from atomskill_jax.models.layers import EMBED_INIT, FSDP, sharded
 
 # Matmuls at full float32 precision: TPUs/GPUs otherwise use bf16/tf32 passes and the
 # features would no longer match the reference (nor each other across hosts).
@@ -78,8 +82,19 @@ TEXT_DEFAULTS = dict(hidden_size=512, intermediate_size=2048, num_attention_head
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
 
 
-def _linear(n_in: int, n_out: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(n_in, n_out, use_bias=use_bias, precision=_PRECISION, rngs=rngs)
+_KERNEL_INIT = nnx.initializers.lecun_normal()  # nnx.Linear's and nnx.Conv's default
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs, use_bias: bool = True,
+            shard: str = "out") -> nnx.Linear:
+    """`shard` 'out' | 'in': the kernel axis split along fsdp (as layers.dense)."""
+    spec = (None, FSDP) if shard == "out" else (FSDP, None)
+    return nnx.Linear(n_in, n_out, use_bias=use_bias, precision=_PRECISION, rngs=rngs,
+                      kernel_init=sharded(_KERNEL_INIT, spec))
+
+
+def _embed(n: int, d: int, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(n, d, rngs=rngs, embedding_init=sharded(EMBED_INIT, (None, FSDP)))
 
 
 def _layer_norm(n: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -96,10 +111,10 @@ class CLIPEncoderLayer(nnx.Module):
         self.act = cfg.hidden_act
         self.layer_norm1 = _layer_norm(d, eps, rngs)
         self.q_proj, self.k_proj, self.v_proj = (_linear(d, d, rngs) for _ in range(3))
-        self.out_proj = _linear(d, d, rngs)
+        self.out_proj = _linear(d, d, rngs, shard="in")
         self.layer_norm2 = _layer_norm(d, eps, rngs)
         self.fc1 = _linear(d, cfg.intermediate_size, rngs)
-        self.fc2 = _linear(cfg.intermediate_size, d, rngs)
+        self.fc2 = _linear(cfg.intermediate_size, d, rngs, shard="in")
 
     def _attention(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
         b, t, d = x.shape
@@ -146,9 +161,10 @@ class CLIPVisionModel(nnx.Module):
         # A stride-p conv without bias, as HF's patch_embedding; kernel HWIO.
         self.patch_embedding = nnx.Conv(cfg.num_channels, d, kernel_size=(p, p), strides=(p, p),
                                         padding="VALID", use_bias=False, precision=_PRECISION,
-                                        rngs=rngs)
+                                        rngs=rngs, kernel_init=sharded(
+                                            _KERNEL_INIT, (None, None, None, FSDP)))
         self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (d,)))
-        self.position_embedding = nnx.Embed(self.num_patches + 1, d, rngs=rngs)
+        self.position_embedding = _embed(self.num_patches + 1, d, rngs)
         self.pre_layernorm = _layer_norm(d, cfg.layer_norm_eps, rngs)
         self.layers = nnx.List([CLIPEncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.post_layernorm = _layer_norm(d, cfg.layer_norm_eps, rngs)
@@ -178,8 +194,8 @@ class CLIPTextModel(nnx.Module):
     def __init__(self, cfg: CLIPTowerConfig, projection_dim: int, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.hidden_size
-        self.token_embedding = nnx.Embed(cfg.vocab_size, d, rngs=rngs)
-        self.position_embedding = nnx.Embed(cfg.max_position_embeddings, d, rngs=rngs)
+        self.token_embedding = _embed(cfg.vocab_size, d, rngs)
+        self.position_embedding = _embed(cfg.max_position_embeddings, d, rngs)
         self.layers = nnx.List([CLIPEncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.final_layer_norm = _layer_norm(d, cfg.layer_norm_eps, rngs)
         self.projection = _linear(d, projection_dim, rngs, use_bias=False)

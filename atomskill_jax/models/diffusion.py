@@ -47,7 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from atomskill_jax.models.layers import MLP, attention, compute_dtype, dense, layer_norm, sinusoidal_embedding
+from atomskill_jax.models.layers import (EMBED_INIT, FSDP, MLP, attention, compute_dtype, dense,
+                                         layer_norm, sharded, sharded_param,
+                                         sinusoidal_embedding)
 from atomskill_jax.models.unet1d import ConditionalUnet1D, mish
 
 LABEL_SOURCES = ("predicted", "none")
@@ -94,12 +96,15 @@ class SkillSampler(nnx.Module):
         self.prediction_type = prediction_type
         dtype = compute_dtype(config.dtype)
         d, c = config.d_model, int(cfg.cond_dim)
-        self.pool_query = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, d)))
+        self.pool_query = sharded_param(
+            0.02 * jax.random.normal(rngs.params(), (1, d)), (None, FSDP))
         self.pool_attn = attention(config.num_heads, d, rngs=rngs, dtype=dtype)
         self.pool_norm = layer_norm(d, rngs=rngs, dtype=dtype)
         self.obs_cond = dense(d, c, rngs=rngs, dtype=dtype)
         self.num_labels = int(config.num_skill_labels)
-        self.label_embed = nnx.Embed(self.num_labels + 1, c, dtype=dtype, rngs=rngs)  # last: null
+        self.label_embed = nnx.Embed(  # last row: the null label; Embed's default initializer
+            self.num_labels + 1, c, dtype=dtype, rngs=rngs,
+            embedding_init=sharded(EMBED_INIT, (None, FSDP)))
         self.time_mlp = MLP(d, 4 * d, c, rngs=rngs, dtype=dtype)
         self.unet = ConditionalUnet1D(d, 3 * c, [d * int(m) for m in cfg.unet_channel_mults],
                                       kernel=int(cfg.unet_kernel), rngs=rngs, dtype=dtype)

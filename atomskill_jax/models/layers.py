@@ -1,11 +1,16 @@
 """Building blocks shared by the AtomSkill components: sharded dense layers, attention
 blocks with pre-LayerNorm, sinusoidal embeddings, dtype handling.
 
-Sharding: large kernels carry `out_sharding` metadata naming the `fsdp` mesh axis on
-one dimension whose size is a multiple of the model width. `eager_sharding=False`
-keeps that as metadata only, so modules build without a mesh (1 CPU, tests); the
-trainer reads it with `nnx.get_partition_spec` and places the parameters itself.
-Small parameters (biases, norms, heads onto action dimensions) stay replicated.
+Sharding: every array of two or more dimensions with a model-width axis (kernels,
+convolution and transposed-convolution kernels, embeddings, codebooks, buffers of
+encodings) carries `out_sharding` metadata naming the `fsdp` mesh axis on one
+dimension whose size is a multiple of the model width. `eager_sharding=False` keeps
+that as metadata only, so modules build without a mesh (1 CPU, tests); the trainer
+reads it with `nnx.get_partition_spec` and places the parameters itself
+(training/mesh.py drops an annotation the mesh cannot split evenly). 1-D parameters
+(biases, norm scales) and heads onto action dimensions stay replicated: a few KB
+each, where splitting would only add one more all-gather per array and step.
+bench/fsdp_memory.py measures what fsdp=8 leaves on each device.
 
 Randomness: modules keep no RNG state. Dropout draws from an `nnx.Rngs` passed at call
 time (`rngs=`), which the caller builds from an explicit key; `rngs=None` or
@@ -23,6 +28,9 @@ from flax import nnx
 
 FSDP = "fsdp"
 
+# nnx.Embed's default initializer, for embeddings built with sharding metadata.
+EMBED_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -39,6 +47,11 @@ def sharded(init, spec: Sequence[str | None] | None):
     if spec is None:
         return init
     return nnx.with_partitioning(init, tuple(spec), eager_sharding=False)
+
+
+def sharded_param(value, spec: Sequence[str | None]) -> nnx.Param:
+    """A Param holding `value` with `spec` as sharding metadata (not applied eagerly)."""
+    return nnx.Param(value, out_sharding=tuple(spec), eager_sharding=False)
 
 
 def dense(n_in: int, n_out: int, *, rngs: nnx.Rngs, dtype=jnp.float32, shard: str | None = "out",

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from atomskill_jax.models.layers import FSDP, sharded_param
 from atomskill_jax.models.vector_quantizer import codebook_metrics, nearest_codes
 
 
@@ -71,7 +72,8 @@ class NSVQ(nnx.Module):
         self.replace_threshold = float(replace_threshold)
         self.replace_noise = float(replace_noise)
         # N(0, init_scale²) codes: encoder outputs leave LayerNorm + Linear at about unit scale.
-        self.codebook = nnx.Param(init_scale * jax.random.normal(rngs.params(), (num_codes, dim)))
+        self.codebook = sharded_param(
+            init_scale * jax.random.normal(rngs.params(), (num_codes, dim)), (None, FSDP))
         self.window_counts = CodeUsage(jnp.zeros((self.usage_window, num_codes), jnp.float32))
         self.window_position = CodeUsage(jnp.zeros((), jnp.int32))  # next ring row to write
         self.window_calls = CodeUsage(jnp.zeros((), jnp.int32))  # filled rows, <= usage_window

@@ -25,8 +25,8 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.layers import (MLP, MLPStack, compute_dtype, dense, dropout,
-                                         sinusoidal_2d)
+from atomskill_jax.models.layers import (FSDP, MLP, MLPStack, compute_dtype, dense, dropout,
+                                         sharded_param, sinusoidal_2d)
 from atomskill_jax.models.resnet import ResNet
 
 # numpy, not jnp: a jnp constant made while an importer is tracing leaks a tracer.
@@ -73,8 +73,8 @@ class ObservationEncoder(nnx.Module):
         else:
             self.image_tokenizers = nnx.List(
                 [ImageTokenizer(config, rngs=rngs, dtype=dtype) for _ in self.cameras])
-        self.camera_embed = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (max(len(self.cameras), 1), d)))
+        self.camera_embed = sharded_param(
+            0.02 * jax.random.normal(rngs.params(), (max(len(self.cameras), 1), d)), (None, FSDP))
         self.use_state = int(config.state_dim) > 0
         joint_hidden = tuple(int(h) for h in obs.get("joint_low_dim_hidden", ()))
         self.joint = bool(joint_hidden)
@@ -90,7 +90,8 @@ class ObservationEncoder(nnx.Module):
                                   dtype=dtype) if self.use_state else None)
         self.language_proj = dense(config.language_dim, d, rngs=rngs, dtype=dtype)
         # Learned type embeddings tell proprio, state and language tokens apart.
-        self.type_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (3, d)))
+        self.type_embed = sharded_param(
+            0.02 * jax.random.normal(rngs.params(), (3, d)), (None, FSDP))
         self.dropout_rate = float(config.dropout)
         self.dtype = dtype
 

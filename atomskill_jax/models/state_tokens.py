@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.layers import dense
+from atomskill_jax.models.layers import FSDP, dense, sharded_param
 
 METAWORLD_STATE_DIM = 39
 
@@ -85,8 +85,8 @@ class StateTokenizer(nnx.Module):
         self.embed = nnx.List([dense(b - a, dim, rngs=rngs) for _, a, b in self.parts])
         self.proprio = dense(self.proprio_dim, dim, rngs=rngs) if self.proprio_dim else None
         self.num_tokens = len(self.parts) + int(self.proprio is not None)
-        self.part_embedding = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (self.num_tokens, dim)))
+        self.part_embedding = sharded_param(
+            0.02 * jax.random.normal(rngs.params(), (self.num_tokens, dim)), (None, FSDP))
 
     def __call__(self, state, proprio=None) -> jax.Array:
         """state [..., S] (and proprio [..., P]) -> tokens [..., num_parts (+1), dim]."""

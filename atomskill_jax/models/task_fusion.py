@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.layers import dense
+from atomskill_jax.models.layers import FSDP, dense, sharded_param
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 
@@ -54,10 +54,11 @@ class TaskAwareFusion(nnx.Module):
         self.num_queries, self.max_scene_tokens = int(num_queries), int(max_scene_tokens)
         self.lang_proj = dense(lang_dim, dim, rngs=rngs)
         self.scene_proj = dense(scene_dim, dim, rngs=rngs)
-        self.query_offsets = nnx.Param(
-            jax.random.normal(rngs.params(), (num_queries, dim)) / math.sqrt(dim))
-        self.pos_embedding = nnx.Param(
-            0.5 * jax.random.normal(rngs.params(), (max_scene_tokens, dim)) / math.sqrt(dim))
+        self.query_offsets = sharded_param(
+            jax.random.normal(rngs.params(), (num_queries, dim)) / math.sqrt(dim), (None, FSDP))
+        self.pos_embedding = sharded_param(
+            0.5 * jax.random.normal(rngs.params(), (max_scene_tokens, dim)) / math.sqrt(dim),
+            (None, FSDP))
         self.log_temperature = nnx.Param(jnp.asarray(math.log(init_temperature), jnp.float32))
 
     @property

@@ -72,8 +72,10 @@ class ConditionalUnet1D(nnx.Module):
         for n_in, n_out in reversed(pairs[1:]):
             up.append(nnx.List([
                 block(2 * n_out, n_in), block(n_in, n_in),
+                # Kernel [4, in, out]; the initializer is ConvTranspose's default.
                 nnx.ConvTranspose(n_in, n_in, (4,), strides=(2,), padding="SAME", dtype=dtype,
-                                  rngs=rngs)]))
+                                  rngs=rngs, kernel_init=sharded(
+                                      nnx.initializers.lecun_normal(), (None, None, FSDP)))]))
         self.up = nnx.List(up)
         # The full-resolution skip joins before the output: without it every feature must
         # squeeze through the stride-2 path, and the denoiser cannot even learn to pass

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from atomskill_jax.models.layers import FSDP, sharded_param
+
 
 class CodebookState(nnx.Variable):
     """Non-trainable codebook bookkeeping (usage EMA, recent encodings, write count)."""
@@ -92,9 +94,12 @@ class VectorQuantizer(nnx.Module):
         self.usage_decay = float(cfg.usage_decay)
         self.dead_usage_fraction = float(cfg.dead_usage_fraction)
         # Unit-variance codes: z_e leaves a LayerNorm + linear, so it has about that scale.
-        self.codebook = nnx.Param(jax.random.normal(rngs.params(), (self.num_codes, d)))
+        self.codebook = sharded_param(jax.random.normal(rngs.params(), (self.num_codes, d)),
+                                      (None, FSDP))
         self.usage = CodebookState(jnp.full((self.num_codes,), 1.0 / self.num_codes))
-        self.recent = CodebookState(jnp.zeros((int(cfg.recent_buffer_size), d), jnp.float32))
+        # [size, d]: as large as a big kernel (1 MiB in the paper model), split like one.
+        self.recent = CodebookState(jnp.zeros((int(cfg.recent_buffer_size), d), jnp.float32),
+                                    out_sharding=(None, FSDP), eager_sharding=False)
         self.num_recent = CodebookState(jnp.zeros((), jnp.int32))  # filled rows, <= size
         self.write_position = CodebookState(jnp.zeros((), jnp.int32))
 

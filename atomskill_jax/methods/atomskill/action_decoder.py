@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.layers import (TransformerLayer, compute_dtype, dense, layer_norm,
-                                         sinusoidal_embedding)
+from atomskill_jax.models.layers import (FSDP, TransformerLayer, compute_dtype, dense, layer_norm,
+                                         sharded_param, sinusoidal_embedding)
 
 
 class ActionDecoder(nnx.Module):
@@ -34,7 +34,8 @@ class ActionDecoder(nnx.Module):
             d, config.num_heads, config.mlp_dim, rngs=rngs, dtype=dtype,
             dropout_rate=config.dropout, cross_attention=cross)
         self.skill_pos_embed = (
-            nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.skill_encoder.num_tokens, d)))
+            sharded_param(0.02 * jax.random.normal(
+                rngs.params(), (config.skill_encoder.num_tokens, d)), (None, FSDP))
             if self.skill_conditioning else None)
         self.fusion_layers = nnx.List([layer(self.skill_conditioning)
                                        for _ in range(cfg.fusion_layers)])

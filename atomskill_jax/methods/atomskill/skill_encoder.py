@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from atomskill_jax.models.layers import (FSDP, TransformerLayer, compute_dtype, dense, layer_norm,
-                                         num_groups, sharded)
+                                         num_groups, sharded, sharded_param)
 
 
 def num_downsamples(length: int, num_tokens: int) -> int:
@@ -47,7 +47,8 @@ class SkillEncoder(nnx.Module):
                                                       (None, None, FSDP))))
             norms.append(nnx.GroupNorm(d, num_groups=num_groups(d), dtype=dtype, rngs=rngs))
         self.convs, self.norms = nnx.List(convs), nnx.List(norms)
-        self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.num_tokens, d)))
+        self.pos_embed = sharded_param(
+            0.02 * jax.random.normal(rngs.params(), (self.num_tokens, d)), (None, FSDP))
         self.layers = nnx.List([
             TransformerLayer(d, config.num_heads, config.mlp_dim, rngs=rngs, dtype=dtype,
                              dropout_rate=config.dropout)
