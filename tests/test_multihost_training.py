@@ -35,7 +35,7 @@ import pytest
 
 from tests import synthetic_rlds
 from tests.multihost_worker import recorded_rows, train_config
-from tests.train_helpers import Child
+from tests.train_helpers import Child, checkpoint_arrays
 
 # 4 short episodes, 2 per shard: a few batches of 4 rows per shard see every episode.
 SEGMENTS = ((3, 3), (2, 4), (4, 2), (3, 3))
@@ -152,23 +152,8 @@ def _losses(workdir) -> dict:
 
 
 def _checkpoint(workdir, step: int) -> dict:
-    """Every array of a checkpoint's params and train_state, restored replicated onto
-    this process's devices (whichever process count wrote it)."""
-    import jax
-    import orbax.checkpoint as ocp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    mesh = jax.make_mesh((jax.device_count(),), ("d",))
-    arrays = {}
-    for item in ("params", "train_state"):
-        path = os.path.join(str(workdir), "skill", "checkpoints", str(step), item)
-        checkpointer = ocp.StandardCheckpointer()
-        meta = checkpointer.metadata(path).item_metadata.tree
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
-            m.shape, m.dtype, sharding=NamedSharding(mesh, PartitionSpec())), meta)
-        for p, x in jax.tree_util.tree_leaves_with_path(checkpointer.restore(path, target)):
-            arrays[item + jax.tree_util.keystr(p)] = np.asarray(x)
-    return arrays
+    """The skill stage's checkpoint arrays at `step`, restored replicated here."""
+    return checkpoint_arrays(workdir, "skill", step)
 
 
 def _assert_same_run(expected_dir, actual_dir, steps, what: str) -> None:

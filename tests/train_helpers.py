@@ -18,25 +18,33 @@ from flax import nnx
 
 from tests.tiny_model import CHILD_PRELUDE, REPO, child_env
 
-# Appended to a child's code: `dump(workdir, stage, step, out)` writes every array of
-# the checkpoint's `params` and `train_state` items, restored replicated onto this
-# process's devices (whatever device count wrote them), to out as npz, keyed
-# "<item><keypath>".
-DUMP_CODE = """
-def dump(workdir, stage, step, out):
-    import numpy as np, orbax.checkpoint as ocp
+def checkpoint_arrays(workdir, stage: str, step: int) -> dict:
+    """Every array of a checkpoint's `params` and `train_state` items, restored
+    replicated onto this process's devices (whatever device or process count wrote
+    them), keyed "<item><keypath>"."""
+    import orbax.checkpoint as ocp
     from jax.sharding import NamedSharding, PartitionSpec
-    mesh = jax.make_mesh((jax.device_count(),), ('d',))
+
+    mesh = jax.make_mesh((jax.device_count(),), ("d",))
     arrays = {}
-    for item in ('params', 'train_state'):
-        path = os.path.join(workdir, stage, 'checkpoints', str(step), item)
+    for item in ("params", "train_state"):
+        path = os.path.join(str(workdir), stage, "checkpoints", str(step), item)
         checkpointer = ocp.StandardCheckpointer()
         meta = checkpointer.metadata(path).item_metadata.tree
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
             m.shape, m.dtype, sharding=NamedSharding(mesh, PartitionSpec())), meta)
         for p, x in jax.tree_util.tree_leaves_with_path(checkpointer.restore(path, target)):
             arrays[item + jax.tree_util.keystr(p)] = np.asarray(x)
-    np.savez(out, **arrays)
+    return arrays
+
+
+# Appended to a child's code: `dump(workdir, stage, step, out)` writes
+# `checkpoint_arrays` to out as npz, from inside the child (its own device count).
+DUMP_CODE = """
+def dump(workdir, stage, step, out):
+    import numpy as np
+    from tests.train_helpers import checkpoint_arrays
+    np.savez(out, **checkpoint_arrays(workdir, stage, step))
 """
 
 
