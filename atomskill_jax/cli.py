@@ -269,6 +269,9 @@ def _add_annotate(sub) -> None:
     p.add_argument("--annotator-options", default="{}")
     p.add_argument("--embodiment", default=None,
                    help="gripper layout for segmentation (default: from the dataset)")
+    p.add_argument("--gripper-signal", choices=("action", "proprio"), default="action",
+                   help="keyframes from the gripper command (default) or from the observed "
+                        "opening in proprio (RLBench's gripper_open convention)")
 
 
 def _cmd_annotate(args) -> int:
@@ -277,7 +280,8 @@ def _cmd_annotate(args) -> int:
 
     dataset_dir, report = rb.reannotate(
         args.data, args.out, annotator=args.annotator,
-        annotator_options=json.loads(args.annotator_options), embodiment=args.embodiment)
+        annotator_options=json.loads(args.annotator_options), embodiment=args.embodiment,
+        gripper_signal=args.gripper_signal)
     _print_report(dataset_dir, report)
     return 0
 

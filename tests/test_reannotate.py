@@ -33,6 +33,29 @@ def test_rule_reannotation_reproduces_the_builders_labels(metaworld_rlds_dir, tm
             np.testing.assert_array_equal(steps[key], after[eid][0][key], err_msg=f"{eid} {key}")
 
 
+def test_proprio_signal_cuts_where_the_fingers_close(metaworld_rlds_dir, tmp_path):
+    from atomskill_jax.skills.keyframes import segment_episode
+
+    out_dir, report = rb.reannotate(metaworld_rlds_dir, str(tmp_path), annotator="rule",
+                                    gripper_signal="proprio")
+    assert report["written"] == 4 and out_dir.rstrip("/").split("/")[-2].endswith("_proprio")
+    proprio = {ep["episode_metadata"]["episode_id"].decode():
+               np.stack([r["observation"]["proprio"] for r in ep["steps"]])
+               for ep in tfds.as_numpy(tfds.builder_from_directory(out_dir).as_dataset(
+                   split="train"))}
+    before, moved = _steps_by_episode(metaworld_rlds_dir), 0
+    for eid, (steps, _) in _steps_by_episode(out_dir).items():
+        want = segment_episode(steps["action"], proprio[eid], "metaworld_sawyer",
+                               signal="proprio")
+        np.testing.assert_array_equal(steps["is_keyframe"], want.is_keyframe, err_msg=eid)
+        ends = np.flatnonzero(want.is_keyframe)
+        np.testing.assert_array_equal(steps["keypose"][ends], steps["action_abs"][ends])
+        moved += not np.array_equal(steps["is_keyframe"], before[eid][0]["is_keyframe"])
+    assert moved, "the observed opening lags the command: some keyframe must move"
+    with pytest.raises(ValueError, match="gripper_signal"):
+        rb.reannotate(metaworld_rlds_dir, str(tmp_path), gripper_signal="force")
+
+
 def test_vlm_reannotation_uses_the_endpoint(metaworld_rlds_dir, tmp_path):
     # Every request gets a free-text label; the backend maps it onto the vocabulary.
     def answer(request):

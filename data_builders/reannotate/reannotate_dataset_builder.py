@@ -33,6 +33,9 @@ class ReannotateConfig(tfds.core.BuilderConfig):
     annotator: str = "rule"
     annotator_options: dict = dataclasses.field(default_factory=dict)
     embodiment: str = ""
+    # Which gripper signal the keyframes come from: "action" (the command) or
+    # "proprio" (the observed opening, as RLBench's gripper_open; see skills/keyframes).
+    gripper_signal: str = "action"
 
 
 def spec_from_features(features) -> rlds_schema.EpisodeSpec:
@@ -123,7 +126,8 @@ class Reannotated(episode_builder.RldsEpisodeBuilder):
             episode_id=meta["episode_id"], task=meta["task"],
             instruction=steps["language_instruction"][0], action=steps["action"],
             action_abs=steps["action_abs"], proprio=steps["observation"]["proprio"],
-            embodiment=cfg.embodiment, annotator=annotator, frames=frames)
+            embodiment=cfg.embodiment, annotator=annotator, frames=frames,
+            signal=cfg.gripper_signal)
         steps.update(skills)
         meta["num_skills"] = int(np.max(skills["skill_segment"])) + 1
         meta["annotator"] = cfg.annotator
@@ -152,8 +156,14 @@ def _raiser(err):
 
 
 def reannotate(source_dir: str, out_dir: str, *, annotator: str = "rule",
-               annotator_options: dict | None = None, embodiment: str | None = None):
-    """Write a re-annotated copy of `source_dir` under `out_dir`; (dataset dir, report)."""
+               annotator_options: dict | None = None, embodiment: str | None = None,
+               gripper_signal: str = "action"):
+    """Write a re-annotated copy of `source_dir` under `out_dir`; (dataset dir, report).
+
+    The copy is named `<source>_<annotator>`, with `_proprio` appended when the keyframes
+    come from the observed gripper opening (`gripper_signal="proprio"`)."""
+    if gripper_signal not in ("action", "proprio"):
+        raise ValueError(f"gripper_signal must be 'action' or 'proprio', got {gripper_signal!r}")
     if not os.path.exists(os.path.join(source_dir, "dataset_info.json")):
         raise FileNotFoundError(
             f"{source_dir} is not a tensorflow-datasets version directory "
@@ -165,10 +175,14 @@ def reannotate(source_dir: str, out_dir: str, *, annotator: str = "rule",
             raise ValueError(f"cannot tell the gripper layout of dataset {source.name!r}; "
                              "pass --embodiment")
     name = f"{source.name}_{source.builder_config.name if source.builder_config else 'data'}"
+    suffix = "" if gripper_signal == "action" else f"_{gripper_signal}"
     config = ReannotateConfig(
-        name=f"{name}_{annotator}".replace("-", "_"), source_dir=os.path.abspath(source_dir),
+        name=f"{name}_{annotator}{suffix}".replace("-", "_"),
+        source_dir=os.path.abspath(source_dir),
         annotator=annotator, annotator_options=dict(annotator_options or {}),
-        embodiment=embodiment, description=f"{source_dir} re-annotated by {annotator}")
+        embodiment=embodiment, gripper_signal=gripper_signal,
+        description=f"{source_dir} re-annotated by {annotator} (keyframes from the "
+                    f"gripper {gripper_signal})")
     builder = Reannotated(config=config, data_dir=out_dir)
     dataset_dir = builder.build()
     return dataset_dir, episode_builder.read_build_report(dataset_dir) or {}
