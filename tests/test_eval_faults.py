@@ -220,3 +220,33 @@ def test_eval_command_resumes_into_its_default_report_directory(tiny_trained_wor
     assert len(os.listdir(os.path.join(workdir, "eval"))) == 2
 
 
+
+
+def test_a_worker_keeps_only_the_current_tasks_environments(monkeypatch):
+    # A worker that kept every task's environments ran out of memory on MT50.
+    from atomskill_jax.eval import suites
+
+    made, closed = [], []
+
+    class Env:
+        def __init__(self, task):
+            self.task = task
+            made.append(task)
+
+        def close(self):
+            closed.append(self.task)
+
+    monkeypatch.setattr(suites, "make_env", lambda task, spec, **kw: Env(task))
+    rollout._init_worker(ScriptedExpertPolicy, rollout.WorkerOptions())
+    policy = rollout._policy()
+    monkeypatch.setitem(rollout._STATE, "embeddings", {t: np.zeros(384, np.float32)
+                                                       for t in ("reach", "push")})
+    try:
+        first = rollout._envs("reach", 2, policy, 50)
+        assert rollout._envs("reach", 2, policy, 50) == first  # reused for the next seed
+        rollout._envs("push", 3, policy, 50)
+        assert closed == ["reach", "reach"] and made == ["reach"] * 2 + ["push"] * 3
+        assert list(rollout._STATE["envs"]) == [("push", 50)]
+    finally:
+        rollout._close_worker()
+    assert closed == ["reach", "reach", "push", "push", "push"]

@@ -108,6 +108,12 @@ def _envs(task: str, count: int, policy: Policy, max_steps: int) -> list:
 
     options: WorkerOptions = _STATE["options"]
     spec = policy.spec
+    # Only the current task's environments are kept (reused by its next seeds): a
+    # worker that kept every task's (20 MuJoCo envs each) grew past 12 GB half-way
+    # through MT50 and was killed for memory.
+    for key in [k for k in _STATE["envs"] if k != (task, max_steps)]:
+        for env in _STATE["envs"].pop(key):
+            env.close()
     envs = _STATE["envs"].setdefault((task, max_steps), [])
     embedding = _embedding(task) if "language_embedding" in spec.observation_keys else None
     while len(envs) < count:
