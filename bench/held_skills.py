@@ -66,14 +66,16 @@ def _expert_future(shadow, layout: int, executed, reference_state, task: str,
     return {k: np.asarray(v, np.float32) for k, v in rec.items()}
 
 
-def _oracle(model, normalizer, future, action_space: str, length: int, task: str):
+def _oracle(model, normalizer, future, action_space: str, length: int, task: str,
+            signal: str = "action"):
     """(tokens [n, d], code indices [n], label id) of the first segment of `future`."""
     import jax.numpy as jnp
 
     from atomskill_jax.skills import annotate
 
     ann = annotate.annotate_arrays(future["action"], future["action_abs"], future["proprio"],
-                                   "metaworld_sawyer", "rule", task=task)
+                                   "metaworld_sawyer", "rule", task=task,
+                                   signal=signal)
     start, end = ann.segmentation.segments[0]
     actions = future[action_space][start:end + 1]
     # The data pipeline's resampling (data/traj_transforms.resample_segments) in numpy.
@@ -98,7 +100,8 @@ def _labels(model, normalizer, obs, lang):
     return np.asarray(jnp.argmax(model.sampler.label_logits(pooled), -1))
 
 
-def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, options: dict):
+def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, options: dict,
+             signal: str = "action"):
     from atomskill_jax.envs import metaworld_eval
     from atomskill_jax.eval import suites
     from atomskill_jax.methods import registry
@@ -130,7 +133,8 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
         for i in np.flatnonzero(begin):
             future = _expert_future(shadow, layouts[i], executed[i], envs[i].state, task,
                                     envs[i].max_steps - t)
-            oracle[i] = _oracle(model, policy.normalizer, future, action_space, length, task)
+            oracle[i] = _oracle(model, policy.normalizer, future, action_space, length, task,
+                                signal)
         if oracle and mode == "oracle":
             tokens = np.zeros_like(state["tokens"])
             which = np.zeros(n, bool)
@@ -185,6 +189,9 @@ def main() -> None:
     parser.add_argument("--trigger-dims", default=None,
                         help="comma-separated action dims the trigger compares, e.g. 0,1,2")
     parser.add_argument("--max-skill-steps", type=int, default=None)
+    parser.add_argument("--gripper-signal", choices=("action", "proprio"), default="action",
+                        help="how the oracle segments the expert's future: as the training "
+                             "data was annotated (atomskill annotate --gripper-signal)")
     args = parser.parse_args()
 
     from atomskill_jax.envs import metaworld_eval
@@ -205,7 +212,8 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 t0 = time.time()
                 layouts = metaworld_eval.eval_layouts(seed, args.episodes)
-                r = run_task(model, config, assets, task, layouts, seed, mode, options)
+                r = run_task(model, config, assets, task, layouts, seed, mode, options,
+                             args.gripper_signal)
                 rows.append((mode, task, seed, r, time.time() - t0))
                 print(f"{mode:7s} {task:18s} seed {seed}: SR {100 * r['success']:5.1f}%  "
                       f"skills/ep {r['skills']:4.1f}  capped/ep {r['capped']:4.2f}  "
