@@ -1,4 +1,4 @@
-"""AtomSkill configs: `get_config(variant)` with variant paper | cpu | tiny.
+"""AtomSkill configs: `get_config(variant)` with variant paper | cpu | cpu_images | tiny.
 
   atomskill train --config=configs/atomskill.py:cpu --workdir=/tmp/w \
       --config.data.data_dir=/tmp/rlb6          # rlbench6 built by `atomskill build-data`
@@ -9,6 +9,10 @@ paper: Table 9 of the AtomSkill paper (batch 256, H=32, K=32, n=8, 8 heads, φ 6
        ψ 7+7, AdamW lr 1e-4 wd 1e-5, λ 0.25, T 0.1, β1 1, β2 1e-2; 200 epochs for φ/ψ and
        1000 for ρ, turned into steps from the dataset's size); front + wrist RGB 224px.
 cpu:   state observations of MetaWorld rlbench6, a small model; minutes on 2 cores.
+cpu_images: cpu's model on two 64 px cameras (corner, gripperPOV) + proprio, no state,
+       through a small ResNet (width 8, one block per stage); a build with
+       `atomskill build-data metaworld --suite=rlbench6 --cameras=corner,gripperPOV
+       --image-size=64`.
 tiny:  a few steps on the test fixture (tests/).
 bf16 compute (accelerators): --config.model.dtype=bfloat16 (parameters stay float32).
 Ablations (paper Tables 4, 5, ACT-like baseline) are the model switches
@@ -23,7 +27,7 @@ import ml_collections
 from atomskill_jax.data.config import default_data_config
 from atomskill_jax.methods.atomskill.config import default_model_config
 
-VARIANTS = ("paper", "cpu", "tiny")
+VARIANTS = ("paper", "cpu", "cpu_images", "tiny")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -138,6 +142,34 @@ def _cpu(c):
     return c
 
 
+def _cpu_images(c):
+    """The cpu variant on MetaWorld camera images instead of the privileged 39-d state."""
+    c = _cpu(c)  # decoder, VQ, skill steps, optimiser: the cpu variant's, not re-tuned
+    d = c.data
+    # Images and proprio only: the state holds the object positions the cameras must now
+    # show. Proprio (hand position, gripper opening) stays, as on a real robot.
+    d.use_state = False
+    # MetaWorld's own camera names, read directly (no front/wrist mapping as in `paper`):
+    # exports and `eval --server` do not carry a dataset's camera mapping, so a mapped
+    # policy would ask them for cameras MetaWorld lacks; these names render as they are.
+    # Build: atomskill build-data metaworld --suite=rlbench6 --cameras=corner,gripperPOV
+    #        --image-size=64 --out=D   (then --config.data.data_dir=D)
+    d.cameras = ("corner", "gripperPOV")
+    d.image_size = (64, 64)  # the build's size: no resize
+    # Random crop + colour jitter (data.augment, the default, as for `paper`) kept: in
+    # `atomskill train` it cost ~10% (3.1 vs 3.5 skill steps/s on the loaded machine).
+    # A ResNet-10 at 1/8 width, one per camera (GroupNorm; stage widths 8, 16, 32, 64;
+    # stride 32, so a 2x2 map = 4 tokens per camera; 78k parameters each). Skill-stage
+    # step at batch 64 on a fake batch (timed as bench/train_step.py does), on 2 cores
+    # shared with other jobs (load ~6): 175-200 ms (cpu variant on state: 52 ms); width 12:
+    # 257 ms; width 16: 328 ms; width 16 with 3 stages (4x4 map): 276 ms; the default
+    # ResNet-18: 25.7 s. The 7x7 stem and its max-pool take ~2/3 of this encoder's time
+    # at 64 px, so dropping stages saves little.
+    c.model.observation.resnet_width = 8
+    c.model.observation.resnet_stage_sizes = (1, 1, 1, 1)
+    return c
+
+
 def _tiny(c):
     d = c.data
     d.use_state, d.cameras = True, ()
@@ -160,7 +192,7 @@ def _tiny(c):
 
 def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     variant = (variant or "cpu").strip()
-    builders = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
+    builders = {"paper": _paper, "cpu": _cpu, "cpu_images": _cpu_images, "tiny": _tiny}
     if variant not in builders:
         raise ValueError(f"configs/atomskill.py: unknown variant {variant!r}; "
                          f"expected one of {', '.join(VARIANTS)}")

@@ -55,7 +55,6 @@ def test_mlp_fits_a_batch_and_predicts_chunks():
     ({"decoder": {"skill_conditioning": True}}, "skill_conditioning"),
     ({"decoder": {"predict_keypose": True}}, "predict_keypose"),
     ({"mlp": {"loss": "l2"}}, "model.mlp.loss"),
-    ({"cameras": ("front",)}, "low-dimensional"),
 ])
 def test_mlp_refuses_what_it_cannot_do(override, message):
     c = _model_config()

@@ -111,3 +111,12 @@ def low_dim_input_spec(config) -> dict:
     if int(m.state_dim) > 0:
         spec["state"] = ((int(m.state_dim),), "float32")
     return spec
+
+
+def observation_input_spec(config) -> dict:
+    """The low-dimensional inputs, then each of `model.cameras` as image_<camera>: uint8
+    at the data's image size (the inputs of the AtomSkill and MLP policies)."""
+    spec = low_dim_input_spec(config)
+    for cam in tuple(config.model.cameras):
+        spec[f"image_{cam}"] = ((*tuple(config.data.image_size), 3), "uint8")
+    return spec

@@ -18,7 +18,7 @@ from flax import nnx
 
 from atomskill_jax.methods.atomskill import calibration
 from atomskill_jax.methods.atomskill.model import AtomSkill, fake_batch, trainable_filter
-from atomskill_jax.methods.spec import Hook, MethodSpec, Stage, low_dim_input_spec
+from atomskill_jax.methods.spec import Hook, MethodSpec, Stage, observation_input_spec
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def spec_fake_batch(config, batch_size: int) -> dict:
 
 
 def input_spec(config) -> dict:
-    spec = low_dim_input_spec(config)
-    for cam in tuple(config.model.cameras):
-        spec[f"image_{cam}"] = ((*tuple(config.data.image_size), 3), "uint8")
-    return spec
+    return observation_input_spec(config)
 
 
 def trajectory_transform(config):

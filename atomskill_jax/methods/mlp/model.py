@@ -2,10 +2,12 @@
 
 Normalised proprio, state and the instruction's sentence embedding (one vector per
 task: as informative as a task one-hot) are concatenated and mapped by an MLP
-straight to a whole action chunk [H, A]. No images, no skills, no keypose: it exists
-so every method in a results table is trained on the same data, normalised the same
-way and evaluated by the same chunk runtime (`policies/chunk_policy.py`, which runs the
-ACT-like baseline's skill-less path identically).
+straight to a whole action chunk [H, A]. With `model.cameras`, each camera's image
+adds its flattened ResNet feature map to that vector (image_features.py). No skills,
+no keypose: it exists so every method in a results table is trained on the same data,
+normalised the same way and evaluated by the same chunk runtime
+(`policies/chunk_policy.py`, which runs the ACT-like baseline's skill-less path
+identically).
 
 Config (`configs/mlp.py`): `model.mlp.hidden` (widths of the hidden layers),
 `model.mlp.loss` ("l1" like ACT and AtomSkill, "mse" or "huber"), `model.dropout`.
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from atomskill_jax.methods.mlp.image_features import FlatImageFeatures
 from atomskill_jax.models.chunk_losses import action_l1
 from atomskill_jax.models.layers import MLPStack, compute_dtype
 
@@ -53,12 +56,12 @@ class MLPPolicy(nnx.Module):
         m = config.mlp
         if str(m.loss) not in LOSSES:
             raise ValueError(f"model.mlp.loss must be one of {LOSSES}, got {m.loss!r}")
-        if tuple(config.cameras):
-            raise ValueError(f"MLPPolicy takes low-dimensional inputs only; model.cameras is "
-                             f"{tuple(config.cameras)} (set data.cameras=())")
         self.dtype = compute_dtype(config.dtype)
         self.use_state = int(config.state_dim) > 0
+        self.images = (FlatImageFeatures(config, rngs=rngs, dtype=self.dtype)
+                       if tuple(config.cameras) else None)
         n_in = int(config.proprio_dim) + int(config.state_dim) + int(config.language_dim)
+        n_in += self.images.out_features if self.images is not None else 0
         self.horizon, self.action_dim = int(config.horizon), int(config.action_dim)
         # The head onto H x A outputs stays replicated (a few hundred columns).
         self.net = MLPStack(n_in, tuple(m.hidden), self.horizon * self.action_dim, rngs=rngs,
@@ -70,6 +73,8 @@ class MLPPolicy(nnx.Module):
         if self.use_state:
             parts.append(jnp.asarray(observation["state"], self.dtype))
         parts.append(jnp.asarray(language_embedding, self.dtype))
+        if self.images is not None:
+            parts.append(self.images(observation).astype(self.dtype))
         x = jnp.concatenate(parts, axis=-1)
         out = self.net(x, train=train, rngs=rngs).astype(jnp.float32)
         return out.reshape(x.shape[0], self.horizon, self.action_dim)
@@ -98,11 +103,13 @@ def trainable_filter(stage: str):
 
 def fake_batch(config, batch_size: int, seed: int = 0) -> dict:
     """A numpy batch of the default trajectory transform's structure (the MLP reads
-    observation, language_embedding, action_chunk and its mask)."""
+    observation, with its cameras' images, language_embedding, action_chunk and its
+    mask)."""
     from atomskill_jax.data.fake_batches import default_example_batch
 
     return default_example_batch(
         batch_size, action_dim=int(config.action_dim), proprio_dim=int(config.proprio_dim),
         state_dim=int(config.state_dim), language_dim=int(config.language_dim),
+        cameras=tuple(config.cameras), image_size=tuple(config.image_size),
         horizon=int(config.horizon), skill_length=int(config.get("skill_length", 2)),
         num_labels=int(config.get("num_skill_labels", 1)), seed=seed)

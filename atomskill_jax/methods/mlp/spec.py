@@ -8,7 +8,7 @@ import ml_collections
 from flax import nnx
 
 from atomskill_jax.methods.mlp.model import MLPPolicy, trainable_filter
-from atomskill_jax.methods.spec import MethodSpec, Stage, low_dim_input_spec
+from atomskill_jax.methods.spec import MethodSpec, Stage, observation_input_spec
 
 
 def create(config, rngs: nnx.Rngs) -> MLPPolicy:
@@ -33,7 +33,7 @@ def fake_batch(config, batch_size: int) -> dict:
 
 
 def input_spec(config) -> dict:
-    return low_dim_input_spec(config)
+    return observation_input_spec(config)
 
 
 def make_program(model, assets: dict, options: dict):
