@@ -42,6 +42,15 @@ def scale_images(images: jax.Array, dtype) -> jax.Array:
     return ((x - _MEAN) / _STD).astype(dtype)
 
 
+def camera_image(observation: dict, camera: str):
+    """observation["image_<camera>"], or a KeyError naming the camera and what is there."""
+    key = f"image_{camera}"
+    if key not in observation:
+        raise KeyError(f"observation has no {key!r} but model.cameras lists {camera!r}; "
+                       f"present: {sorted(observation)}")
+    return observation[key]
+
+
 class ImageTokenizer(nnx.Module):
     """One ResNet + projection: images [B, H, W, 3] -> tokens [B, h*w, d]."""
 
@@ -100,12 +109,8 @@ class ObservationEncoder(nnx.Module):
         """Tokens [B, T_obs, d] in the compute dtype."""
         tokens = []
         for i, cam in enumerate(self.cameras):
-            key = f"image_{cam}"
-            if key not in observation:
-                raise KeyError(f"observation has no {key!r} but model.cameras lists {cam!r}; "
-                               f"present: {sorted(observation)}")
             tokenizer = self.image_tokenizers[0 if self.shared_image_encoder else i]
-            cam_tokens = tokenizer(observation[key])
+            cam_tokens = tokenizer(camera_image(observation, cam))
             tokens.append(cam_tokens + self.camera_embed[...][i].astype(self.dtype))
         type_embed = self.type_embed[...].astype(self.dtype)
         proprio = jnp.asarray(observation["proprio"], self.dtype)

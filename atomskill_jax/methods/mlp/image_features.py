@@ -16,7 +16,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from atomskill_jax.models.obs_encoders import scale_images
+from atomskill_jax.models.obs_encoders import camera_image, scale_images
 from atomskill_jax.models.resnet import ResNet
 
 
@@ -54,14 +54,11 @@ class FlatImageFeatures(nnx.Module):
     def __call__(self, observation: dict):
         parts = []
         for i, cam in enumerate(self.cameras):
-            key = f"image_{cam}"
-            if key not in observation:
-                raise KeyError(f"observation has no {key!r} but model.cameras lists {cam!r}; "
-                               f"present: {sorted(observation)}")
+            images = camera_image(observation, cam)
             net = self.backbones[0 if self.shared else i]
-            fmap = net(scale_images(observation[key], self.dtype))
+            fmap = net(scale_images(images, self.dtype))
             if tuple(fmap.shape[1:3]) != self.map_size:  # the MLP's input width is fixed
-                raise ValueError(f"{key}: images of shape {tuple(observation[key].shape)} give "
+                raise ValueError(f"image_{cam}: images of shape {tuple(images.shape)} give "
                                  f"a {tuple(fmap.shape[1:3])} feature map; the MLP was built "
                                  f"for model.image_size {self.image_size} "
                                  f"({self.map_size}): resize them to it")
