@@ -35,6 +35,35 @@ def test_step_cap_and_min_steps_hold():
     assert trigger.steps[0] == 0 and trigger.capped.tolist() == [0, 0, 1]
 
 
+def test_a_skill_that_stops_converging_ends_after_stall_steps():
+    trigger = chaining.SkillTrigger(3, epsilon=0.1, max_skill_steps=100, stall_steps=3,
+                                    stall_tolerance=0.05)
+    trigger.start_skills()
+    # env 0 converges steadily: never stalls. env 1 hovers at 0.5 with jitter smaller
+    # than the tolerance: ends on the 3rd step without progress. env 2 has no keypose
+    # (NaN): only the cap could end it.
+    d1 = [1.0, 0.5, 0.49, 0.52, 0.47]  # best 0.5 at step 2; 0.49, 0.52, 0.47 are < 0.05 better
+    ended = [trigger.step([1.0 - 0.1 * i, d1[i], np.nan]).copy() for i in range(5)]
+    assert not any(e[0] for e in ended)
+    assert [bool(e[1]) for e in ended] == [False, False, False, False, True]
+    assert not any(e[2] for e in ended)
+    assert trigger.stalled.tolist() == [0, 1, 0] and trigger.capped.tolist() == [0, 0, 0]
+    # The next skill starts with a fresh best: one step of no progress is not a stall.
+    assert trigger.start_skills().tolist() == [False, True, False]
+    assert not trigger.step([0.5, 0.9, np.nan])[1]
+    assert trigger.since_best.tolist() == [0, 0, 6]
+
+
+def test_stall_off_by_default_and_bad_settings_refused():
+    trigger = chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=50)
+    trigger.start_skills()
+    assert not any(trigger.step([0.5])[0] for _ in range(40))  # hovering: only the cap
+    with pytest.raises(ValueError, match="stall"):
+        chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=5, stall_steps=-1)
+    with pytest.raises(ValueError, match="stall"):
+        chaining.SkillTrigger(1, epsilon=0.1, max_skill_steps=5, stall_tolerance=float("nan"))
+
+
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_requery_every_k_steps_and_chunk_execution(k):
     horizon = 4

@@ -285,3 +285,34 @@ def test_trigger_compares_only_the_chosen_dimensions(workdir):
     assert (distances[(0,)] < distances[None]).all()
     with pytest.raises(ValueError, match="trigger_dims"):
         load_policy(workdir, trigger_dims=(99,))
+
+
+def test_stall_option_reaches_the_trigger_and_the_eval_command(workdir):
+    """stall_steps: off unless asked (the paper; old calibrations hold none); the
+    tolerance defaults to a quarter of ε; a held skill that hovers away from its
+    keypose is ended after stall_steps steps, before the cap."""
+    import argparse
+
+    from atomskill_jax.commands import eval as eval_command
+    from atomskill_jax.policies.loading import load_policy
+
+    policy = load_policy(workdir, resample_every=0)
+    policy.reset(_infos(1))
+    assert policy._trigger.stall_steps == 0
+    policy = load_policy(workdir, resample_every=0, stall_steps=3, epsilon=1e-9)
+    policy.reset(_infos(1))
+    trigger = policy._trigger
+    assert trigger.stall_steps == 3
+    assert trigger.stall_tolerance == pytest.approx(0.25e-9)
+    assert load_policy(workdir, stall_steps=3, stall_tolerance=0.5).options.stall_tolerance == 0.5
+    # The same observation every step: the distance to the keypose stops improving.
+    starts = []
+    for _ in range(12):
+        policy.infer(_obs(1))
+        starts.append(int(policy.skill_counts()["skills"][0]))
+    assert policy.skill_counts()["stalled"][0] >= 1
+    assert policy.skill_counts()["capped"][0] == 0 and starts[-1] >= 2
+    sub = argparse.ArgumentParser().add_subparsers()
+    eval_command.add_parser(sub)
+    args = sub.choices["eval"].parse_args(["--stall-steps=30", "--stall-tolerance=0.01"])
+    assert (args.stall_steps, args.stall_tolerance) == (30, 0.01)

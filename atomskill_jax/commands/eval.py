@@ -40,6 +40,12 @@ def add_parser(sub) -> None:
                    help="keypose trigger threshold (default: calibrated from the data)")
     p.add_argument("--requery-every", type=int, default=1, help="decoder call every k steps")
     p.add_argument("--max-skill-steps", type=int, default=None)
+    p.add_argument("--stall-steps", type=int, default=None,
+                   help="end a held skill after this many steps without progress towards "
+                        "its keypose (0: off, the paper; default: the calibration's)")
+    p.add_argument("--stall-tolerance", type=float, default=None,
+                   help="progress smaller than this (normalised) counts as none "
+                        "(default: the calibration's, else epsilon/4)")
     p.add_argument("--ensemble-m", type=_ensemble_m, default=None,
                    help="temporal ensembling of chunks: a weight m (ACT: 0.01) or 'off' "
                         "(default: the model config's decoder.ensemble_m)")
@@ -101,6 +107,11 @@ def run(args) -> int:
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
                "resample_every": args.resample_every,
                "name": args.name or os.path.basename(workdir)}
+    # Only when given: the identity (and so the default --out) of runs without them is
+    # what it was before these options existed, so their saved episodes are reused.
+    options.update({k: v for k, v in (("stall_steps", args.stall_steps),
+                                      ("stall_tolerance", args.stall_tolerance))
+                    if v is not None})
     config = ml_collections.ConfigDict(assets["config"])
     spec = registry.get_spec(config)
     given = {k: v for k, v in options.items() if v is not None}

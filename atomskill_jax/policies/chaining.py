@@ -109,12 +109,25 @@ class SkillTrigger:
     """When each of B environments is due for its next skill."""
 
     def __init__(self, batch: int, *, epsilon: float, max_skill_steps: int,
-                 min_skill_steps: int = 1):
+                 min_skill_steps: int = 1, stall_steps: int = 0,
+                 stall_tolerance: float = 0.0):
         if max_skill_steps < 1 or min_skill_steps < 1:
             raise ValueError("max_skill_steps and min_skill_steps must be >= 1")
+        if stall_steps < 0 or not stall_tolerance >= 0:
+            raise ValueError(f"stall_steps ({stall_steps}) and stall_tolerance "
+                             f"({stall_tolerance}) must be >= 0")
         self.epsilon = float(epsilon)
         self.max_skill_steps = int(max_skill_steps)
         self.min_skill_steps = int(min_skill_steps)
+        # A skill whose distance to its keypose has not dropped below its best by more
+        # than `stall_tolerance` for `stall_steps` steps has stopped converging (e.g.
+        # hovering beside a slightly mispredicted keypose, or fingers closed on nothing):
+        # it ends like a capped one, without waiting for the cap. 0: off (the paper).
+        self.stall_steps = int(stall_steps)
+        self.stall_tolerance = float(stall_tolerance)
+        self.best = np.full(batch, np.inf)  # smallest distance in the current skill
+        self.since_best = np.zeros(batch, np.int64)  # steps since it last improved
+        self.stalled = np.zeros(batch, np.int64)  # skills ended by a stall (diagnostics)
         self.steps = np.zeros(batch, np.int64)  # steps executed in the current skill
         self.need_skill = np.ones(batch, bool)  # a new skill before the next action
         self.switches = np.zeros(batch, np.int64)  # skills started so far (diagnostics)
@@ -126,12 +139,17 @@ class SkillTrigger:
         self.need_skill[mask] = True
         self.switches[mask] = 0
         self.capped[mask] = 0
+        self.stalled[mask] = 0
+        self.best[mask] = np.inf
+        self.since_best[mask] = 0
 
     def start_skills(self) -> np.ndarray:
         """bool[B]: environments starting a new skill now (call before the model); their
         counters restart."""
         starting = self.need_skill.copy()
         self.steps[starting] = 0
+        self.best[starting] = np.inf
+        self.since_best[starting] = 0
         self.switches[starting] += 1
         self.need_skill[:] = False
         return starting
@@ -140,12 +158,20 @@ class SkillTrigger:
         """Record one executed action per environment; `distance` [B] between that action
         (as an absolute target, normalised) and the skill's predicted keypose, NaN when
         no keypose is predicted. Returns need_skill [B]: a new skill before the next
-        action (distance strictly below ε after at least `min_skill_steps` steps, or
-        the cap reached)."""
+        action (distance strictly below ε after at least `min_skill_steps` steps, the
+        cap reached, or, with `stall_steps`, no progress for that many steps)."""
         distance = np.asarray(distance, np.float64)
         self.steps += 1
         reached = (distance < self.epsilon) & (self.steps >= self.min_skill_steps)
         capped = (self.steps >= self.max_skill_steps) & ~reached
+        improved = distance < self.best - self.stall_tolerance  # False for NaN
+        self.best = np.where(improved, distance, self.best)
+        self.since_best = np.where(improved, 0, self.since_best + 1)
+        stalled = np.zeros_like(reached)
+        if self.stall_steps > 0:
+            stalled = (self.since_best >= self.stall_steps) & np.isfinite(distance)
+            stalled &= ~reached & ~capped
         self.capped += capped
-        self.need_skill = reached | capped
+        self.stalled += stalled
+        self.need_skill = reached | capped | stalled
         return self.need_skill.copy()

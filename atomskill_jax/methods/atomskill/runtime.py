@@ -62,6 +62,12 @@ class RuntimeOptions:
     requery_every: int = 1  # k: decoder calls within a skill every k steps
     max_skill_steps: int | None = None  # None: the calibration's (1.5 x longest segment)
     min_skill_steps: int = 1
+    # End a skill whose keypose distance has not improved on its best by more than
+    # `stall_tolerance` (normalised units) for `stall_steps` steps (not in the paper;
+    # `chaining.SkillTrigger`). None: the calibration's (else 0, off; the tolerance
+    # else a quarter of ε).
+    stall_steps: int | None = None
+    stall_tolerance: float | None = None
     # Temporal ensembling weight m (ACT: 0.01); "off"; None: the model config's
     # `decoder.ensemble_m` (absent or None there: off).
     ensemble_m: float | str | None = None
@@ -153,7 +159,9 @@ class AtomSkillPolicy(Policy):
                                             ensemble_m=self.ensemble_m)
         self._trigger = chaining.SkillTrigger(b, epsilon=self.epsilon,
                                               max_skill_steps=self.max_skill_steps,
-                                              min_skill_steps=self.options.min_skill_steps)
+                                              min_skill_steps=self.options.min_skill_steps,
+                                              stall_steps=int(self.options.stall_steps),
+                                              stall_tolerance=float(self.options.stall_tolerance))
         self._tokens = np.zeros((b, self._num_tokens, self._d_model), np.float32)
         self._keypose = np.full((b, self.action_dim), np.nan, np.float32)  # normalised abs
         self._forced = np.zeros(b, bool)  # see force_skill
@@ -253,8 +261,10 @@ class AtomSkillPolicy(Policy):
         self._forced |= which
 
     def skill_counts(self) -> dict[str, np.ndarray]:
-        """Per environment since reset: skills started and skills ended by the cap."""
-        return {"skills": self._trigger.switches.copy(), "capped": self._trigger.capped.copy()}
+        """Per environment since reset: skills started, and skills ended by the cap and by
+        a stall."""
+        return {"skills": self._trigger.switches.copy(), "capped": self._trigger.capped.copy(),
+                "stalled": self._trigger.stalled.copy()}
 
     def skill_state(self) -> dict[str, np.ndarray]:
         """Per environment: steps into the current skill, whether the next step starts
