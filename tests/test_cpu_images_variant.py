@@ -149,6 +149,43 @@ def test_atomskill_cpu_images_traces_a_step_on_two_64px_cameras_without_state(im
         assert 50_000 < n < 100_000, n
 
 
+def test_calibration_of_an_image_build_leaves_the_images_encoded(image_build, monkeypatch):
+    """The ε rule reads action_abs, keypose and skill_segment only. Decoding the camera
+    images as well took 26 s an episode on a 2-camera 64 px rlbench6 build (an hour at
+    the end of training); the rule's numbers are those of the episodes read by hand."""
+    import tensorflow_datasets as tfds
+
+    from atomskill_jax.data import sources
+    from atomskill_jax.methods.atomskill import calibration
+    from atomskill_jax.training.trainer import config_json
+
+    config = _config_on("configs/atomskill.py:cpu_images", image_build)
+    pipe = _traced_step(config)[4]
+    stats = [s.to_json() for s in pipe.statistics]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("calibration decoded a camera image")
+
+    monkeypatch.setattr(tfds.features.Image, "decode_example", refuse)
+    monkeypatch.setattr(tfds.features.Image, "decode_batch_example", refuse, raising=False)
+    out = calibration.compute_calibration([image_build], config_json(config), stats, "train")
+    monkeypatch.undo()
+
+    source = sources.open_source(image_build)
+    (episode,) = tfds.as_numpy(source.builder.as_dataset(split="train"))
+    steps = list(episode["steps"])
+    fields = {k: np.stack([st[k] for st in steps])
+              for k in ("action_abs", "keypose", "skill_segment")}
+    assert steps[0]["observation"]["image_corner"].shape == SIZE + (3,)
+    norm = lambda x: pipe.normalizer.normalize({"keypose": x})["keypose"]  # noqa: E731
+    dims = config.model.decoder.get("trigger_dims")
+    by_hand = calibration.epsilon_from_episodes([fields], norm, dims=dims, cap_quantile=float(
+        config.model.decoder.get("skill_cap_quantile", 100.0)))
+    assert out["epsilon"] == pytest.approx(by_hand["epsilon"], rel=1e-6)
+    assert out["max_skill_steps"] == by_hand["max_skill_steps"]
+    assert out["num_segments"] == by_hand["num_segments"] >= 1
+
+
 def test_mlp_cpu_images_traces_a_step_on_the_same_images(image_build):
     from atomskill_jax.methods.mlp import spec as mlp_spec
 
