@@ -314,5 +314,11 @@ def test_stall_option_reaches_the_trigger_and_the_eval_command(workdir):
     assert policy.skill_counts()["capped"][0] == 0 and starts[-1] >= 2
     sub = argparse.ArgumentParser().add_subparsers()
     eval_command.add_parser(sub)
+    # Refused when the options are made, before any rollout (eval's resolve_options).
+    from atomskill_jax.methods.atomskill.runtime import RuntimeOptions
+
+    for bad in ({"stall_steps": -1}, {"stall_tolerance": float("nan")}):
+        with pytest.raises(ValueError, match="stall"):
+            RuntimeOptions(**bad)
     args = sub.choices["eval"].parse_args(["--stall-steps=30", "--stall-tolerance=0.01"])
     assert (args.stall_steps, args.stall_tolerance) == (30, 0.01)

@@ -42,10 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-skill-steps", type=int, default=None)
     p.add_argument("--stall-steps", type=int, default=None,
                    help="end a held skill after this many steps without progress towards "
-                        "its keypose (0: off, the paper; default: the calibration's)")
+                        "its keypose (default 0: off, the paper)")
     p.add_argument("--stall-tolerance", type=float, default=None,
                    help="progress smaller than this (normalised) counts as none "
-                        "(default: the calibration's, else epsilon/4)")
+                        "(default: epsilon/4)")
     p.add_argument("--ensemble-m", type=_ensemble_m, default=None,
                    help="temporal ensembling of chunks: a weight m (ACT: 0.01) or 'off' "
                         "(default: the model config's decoder.ensemble_m)")

@@ -121,7 +121,7 @@ class SkillTrigger:
         self.min_skill_steps = int(min_skill_steps)
         # A skill whose distance to its keypose has not dropped below its best by more
         # than `stall_tolerance` for `stall_steps` steps has stopped converging (e.g.
-        # hovering beside a slightly mispredicted keypose, or fingers closed on nothing):
+        # hovering beside a slightly mispredicted keypose):
         # it ends like a capped one, without waiting for the cap. 0: off (the paper).
         self.stall_steps = int(stall_steps)
         self.stall_tolerance = float(stall_tolerance)

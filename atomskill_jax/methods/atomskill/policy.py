@@ -96,8 +96,7 @@ def make_program(model, assets: dict, options: dict) -> Program:
         epsilon=float(opts.epsilon if opts.epsilon is not None else calib["epsilon"]),
         max_skill_steps=int(opts.max_skill_steps if opts.max_skill_steps is not None
                             else calib["max_skill_steps"]),
-        stall_steps=int(opts.stall_steps if opts.stall_steps is not None
-                        else calib.get("stall_steps", 0)),
+        stall_steps=int(opts.stall_steps or 0),
         trigger_dims=_trigger_dims(opts.trigger_dims if opts.trigger_dims is not None
                                    else calib.get("trigger_dims"), int(m.action_dim)),
         ensemble_m=resolve_ensemble_m(opts.ensemble_m, m),
@@ -106,8 +105,7 @@ def make_program(model, assets: dict, options: dict) -> Program:
             else m.sampler.get("resample_every", 0)))
     # A quarter of ε: progress smaller than that is the hover's jitter, not convergence.
     resolved["stall_tolerance"] = float(
-        opts.stall_tolerance if opts.stall_tolerance is not None
-        else calib.get("stall_tolerance", 0.25 * resolved["epsilon"]))
+        opts.stall_tolerance if opts.stall_tolerance is not None else 0.25 * resolved["epsilon"])
     settings.update(skills=skills, has_keypose=bool(m.decoder.predict_keypose),
                     num_tokens=int(m.skill_encoder.num_tokens), d_model=int(m.d_model),
                     adapter=adapter.name, calibration=calib, options=resolved,

@@ -64,8 +64,7 @@ class RuntimeOptions:
     min_skill_steps: int = 1
     # End a skill whose keypose distance has not improved on its best by more than
     # `stall_tolerance` (normalised units) for `stall_steps` steps (not in the paper;
-    # `chaining.SkillTrigger`). None: the calibration's (else 0, off; the tolerance
-    # else a quarter of ε).
+    # `chaining.SkillTrigger`). None: off; the tolerance None: a quarter of ε.
     stall_steps: int | None = None
     stall_tolerance: float | None = None
     # Temporal ensembling weight m (ACT: 0.01); "off"; None: the model config's
@@ -82,6 +81,10 @@ class RuntimeOptions:
                                                or not math.isfinite(float(m))):
             raise ValueError(f"ensemble_m must be a finite number, 'off' or None "
                              f"(the config's), got {m!r}")
+        if self.stall_steps is not None and int(self.stall_steps) < 0:
+            raise ValueError(f"stall_steps must be >= 0 (0: off), got {self.stall_steps}")
+        if self.stall_tolerance is not None and not float(self.stall_tolerance) >= 0:
+            raise ValueError(f"stall_tolerance must be >= 0, got {self.stall_tolerance}")
         if self.resample_every is not None and int(self.resample_every) < 0:
             raise ValueError(f"resample_every must be >= 0 (0: hold skills until the "
                              f"keypose trigger), got {self.resample_every}")
