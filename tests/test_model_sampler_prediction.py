@@ -83,17 +83,26 @@ def test_sampler_stage_feeds_steps_since_the_skill_began():
 
     config = tiny_model_config()
     config.sampler.condition_on_skill_step = True
-    model = AtomSkill(config, rngs=nnx.Rngs(0))
     batch = fake_batch(config, 4)
-    seen = []
-    original = model.sampler.loss
 
-    def spy(*args, skill_step=None, **kwargs):
-        seen.append(skill_step)
-        return original(*args, skill_step=skill_step, **kwargs)
+    # Traced once under jit (run eagerly, the model's construction and loss dispatched
+    # ~15 s of one-op programs); the spy returns what the loss was given, so the compiled
+    # program keeps only that and XLA drops the rest. The Python the spy sees is the same.
+    @jax.jit
+    def skill_steps_given(batch):
+        model = AtomSkill(config, rngs=nnx.Rngs(0))
+        seen = []
+        original = model.sampler.loss
 
-    model.sampler.loss = spy
-    model.compute_loss(jax.random.key(0), batch, train=False, stage="sampler")
+        def spy(*args, skill_step=None, **kwargs):
+            seen.append(skill_step)
+            return original(*args, skill_step=skill_step, **kwargs)
+
+        model.sampler.loss = spy
+        model.compute_loss(jax.random.key(0), batch, train=False, stage="sampler")
+        return seen
+
+    seen = skill_steps_given(batch)
     expected = batch["timestep"] - batch["skill"]["start"]
     assert seen and jnp.array_equal(seen[0], expected)
     assert int(jnp.max(expected)) > 0  # the fake batch has examples past a skill's start
