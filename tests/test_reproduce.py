@@ -10,6 +10,7 @@ import pytest
 
 from atomskill_jax import cli
 from atomskill_jax.eval import reproduce
+from tests.fast_compile import child_xla_flags
 from tests.tiny_model import REPO
 
 # Written out here, not read from configs/sweeps: a wrong mapping there fails these tests.
@@ -155,7 +156,8 @@ def test_table1_end_to_end_then_everything_is_reused(metaworld_rlds_dir, tmp_pat
     the table; the second invocation trains and evaluates nothing."""
     # Children: cheaper XLA optimisation and a compilation cache (as tests/tiny_model.py).
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                                    "--xla_llvm_disable_expensive_passes=true")
+                                    "--xla_llvm_disable_expensive_passes=true"
+                       + child_xla_flags())  # tests/fast_compile.py
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.environ.get(
         "ATOMSKILL_TEST_JAX_CACHE", str(tmp_path / "jax_cache")))  # the session's (conftest)
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
