@@ -119,40 +119,6 @@ def test_keypose_distance():
     np.testing.assert_allclose(d, [5.0, 0.0])
 
 
-def test_metaworld_delta_adapter():
-    adapter = adapters.MetaWorldDeltaAdapter()
-    obs = {"proprio": np.array([[0.1, 0.6, 0.2, 0.9], [0.0, 0.5, 0.1, 0.3]], np.float32)}
-    action = np.array([[1.0, -0.5, 0.0, 0.7], [3.0, 0.0, -2.0, -1.5]], np.float32)
-    out = adapter.to_absolute(action, obs)
-    np.testing.assert_allclose(out[0], [0.11, 0.595, 0.2, 0.7], atol=1e-6)
-    # Clipped to [-1, 1] as the env clips the command (gripper too).
-    np.testing.assert_allclose(out[1], [0.01, 0.5, 0.09, -1.0], atol=1e-6)
-    assert adapters.adapter_for("auto", "action", ["/d/metaworld_scripted/rlbench6/1.0.0"]
-                                ).name == "metaworld"
-    assert adapters.adapter_for("auto", "action_abs", ["x"]).name == "absolute"
-    with pytest.raises(ValueError, match="embodiment"):
-        adapters.adapter_for("auto", "action", ["aloha_sim"])
-
-
-def test_metaworld_adapter_matches_env_absolute_target():
-    """Against the env's own delta->target rule (mocap target + scaled delta): the
-    hand-position approximation is off by at most the hand's lag behind the mocap."""
-    from atomskill_jax.envs import metaworld as mw
-
-    env = mw.MetaWorldEnv("reach")
-    env.set_layout(0)
-    obs = env.reset()
-    adapter = adapters.MetaWorldDeltaAdapter()
-    rng = np.random.default_rng(0)
-    for _ in range(10):
-        delta = rng.uniform(-1, 1, 4)
-        want = env.absolute_target(delta)
-        got = adapter.to_absolute(delta[None], {"proprio": mw.proprio_from_state(obs)[None]})[0]
-        assert np.abs(got - want).max() < 0.02  # < 2 cm: two steps of motion
-        obs, *_ = env.step(delta)
-    env.close()
-
-
 LN2 = float(np.log(2.0))  # ensembling weight m: weights exp(m * age) = 1, 2, 4, ...
 
 

@@ -110,13 +110,30 @@ def _sample(reference, obs, infos, counter, steps_in=0, seed=0):
     return np.asarray(tokens)
 
 
-def _distance(reference, action, obs, keypose):
-    """The trigger's distance: the executed delta as MetaWorld's absolute target
-    (hand + clip(delta) * 0.01, gripper clipped), normalised with action_abs, to the
+class _Commanded:
+    """MetaWorld's commanded mocap target by hand, stepped once per executed action as
+    the env does: it starts at the first observation's hand plus the mocap offset at
+    rest, each action adds clip(delta) * 0.01, and it stays within pick-place's mocap
+    bounds ((-0.5, 0.4, 0.05), (0.5, 1, 0.5)); the gripper entry is clip(a[3])."""
+
+    LOW, HIGH = np.array([-0.5, 0.4, 0.05]), np.array([0.5, 1.0, 0.5])
+
+    def __init__(self):
+        self.target = None
+
+    def step(self, action, obs):
+        a = np.clip(np.asarray(action, np.float64), -1, 1)
+        if self.target is None:
+            self.target = np.clip(np.asarray(obs["proprio"], np.float64)[:, :3]
+                                  + np.array([-0.0046, -0.0014, 0.0049]), self.LOW, self.HIGH)
+        self.target = np.clip(self.target + 0.01 * a[:, :3], self.LOW, self.HIGH)
+        return np.concatenate([self.target, a[:, 3:]], axis=1)
+
+
+def _distance(reference, target, keypose):
+    """The trigger's distance: the absolute target, normalised with action_abs, to the
     predicted keypose."""
     stats = reference[1]
-    a = np.clip(np.asarray(action, np.float64), -1, 1)
-    target = np.concatenate([obs["proprio"][:, :3] + 0.01 * a[:, :3], a[:, 3:]], axis=1)
     return np.linalg.norm(_norm(target, stats["action_abs"]) - keypose, axis=1)
 
 
@@ -125,14 +142,16 @@ def test_actions_are_the_unnormalised_decoder_output_on_normalised_observations(
     policy, infos = _reset(reference)
     obs = [_obs(stats, B, seed) for seed in range(3)]
     tokens = _sample(reference, obs[0], infos, 0)
+    commanded = _Commanded()
     for t in range(3):
         action = policy.infer(obs[t])
+        target = commanded.step(action, obs[t])
         # One skill for the whole run (epsilon 0): the tokens drawn at step 0.
         np.testing.assert_array_equal(np.asarray(policy._tokens), tokens)
         chunk, keypose = _decode(reference, obs[t], tokens)  # re-queried every step
         np.testing.assert_allclose(action, chunk[:, 0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(policy.last_distance,
-                                   _distance(reference, action, obs[t], keypose), rtol=1e-5)
+                                   _distance(reference, target, keypose), rtol=1e-5)
     # The statistics matter here: un-normalised and normalised chunks differ.
     assert np.abs(chunk[:, 0] - _norm(chunk[:, 0], stats["action"])).min() > 1e-2
     # Every environment due at once, after steps that sampled nothing: the second
@@ -181,7 +200,9 @@ def test_a_skill_starting_in_one_environment_leaves_the_others_alone(reference):
     assert d0[1] - d0[0] > 1e-3, d0  # distinct distances: exactly one crosses
     # The same episodes again, epsilon between the smallest distance and the others.
     policy, infos = _reset(reference, requery_every=3, epsilon=0.5 * (d0[0] + d0[1]))
+    commanded = _Commanded()
     a0 = policy.infer(obs[0])
+    commanded.step(a0, obs[0])
     policy._trigger.epsilon = 0.0  # from here on only the test decides who starts
     chunk0, keypose0 = _decode(reference, obs[0], _sample(reference, obs[0], infos, 0))
     np.testing.assert_allclose(a0, chunk0[:, 0], rtol=1e-5, atol=1e-6)
@@ -196,6 +217,7 @@ def test_a_skill_starting_in_one_environment_leaves_the_others_alone(reference):
 
     others = [i for i in range(B) if i != j]
     a1 = policy.infer(obs[1])
+    target1 = commanded.step(a1, obs[1])
     new = _sample(reference, obs[1], infos, 1)
     tokens = np.asarray(policy._tokens)
     np.testing.assert_array_equal(tokens[others], held[others])
@@ -205,21 +227,23 @@ def test_a_skill_starting_in_one_environment_leaves_the_others_alone(reference):
     np.testing.assert_allclose(a1[others], chunk0[others, 1], rtol=1e-5, atol=1e-6)
     keypose = np.where(np.arange(B)[:, None] == j, keypose1, keypose0)
     np.testing.assert_allclose(policy.last_distance,
-                               _distance(reference, a1, obs[1], keypose), rtol=1e-5)
+                               _distance(reference, target1, keypose), rtol=1e-5)
     assert policy.skill_counts()["skills"].tolist() == [1 + (i == j) for i in range(B)]
 
     # Step 2: nobody re-queries. Step 3: the others' chunks are 3 steps old and are
     # re-queried with their held tokens; env j's (from step 1) is not.
     a2 = policy.infer(obs[2])
+    commanded.step(a2, obs[2])
     np.testing.assert_allclose(a2[others], chunk0[others, 2], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a2[j], chunk1[j, 1], rtol=1e-5, atol=1e-6)
     a3 = policy.infer(obs[3])
+    target3 = commanded.step(a3, obs[3])
     chunk3, keypose3 = _decode(reference, obs[3], tokens)
     np.testing.assert_allclose(a3[others], chunk3[others, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a3[j], chunk1[j, 2], rtol=1e-5, atol=1e-6)
     keypose = np.where(np.arange(B)[:, None] == j, keypose1, keypose3)
     np.testing.assert_allclose(policy.last_distance,
-                               _distance(reference, a3, obs[3], keypose), rtol=1e-5)
+                               _distance(reference, target3, keypose), rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(policy._tokens), tokens)
     assert policy.skill_counts()["skills"].tolist() == [1 + (i == j) for i in range(B)]
 

@@ -275,7 +275,9 @@ def test_trigger_compares_only_the_chosen_dimensions(workdir):
         policy.reset(_infos(3))
         obs = _obs(3)
         action = policy.infer(obs)
-        target = policy.normalizer.normalize({"keypose": policy.adapter.to_absolute(action, obs)})
+        adapter = type(policy.adapter)()  # the policy's own has stepped its target already
+        adapter.reset([info.task for info in _infos(3)])
+        target = policy.normalizer.normalize({"keypose": adapter.to_absolute(action, obs)})
         keypose = policy.normalizer.normalize({"keypose": policy.skill_state()["keypose"]})
         diff = target["keypose"] - keypose["keypose"]
         pick = slice(None) if dims is None else list(dims)
@@ -299,7 +301,10 @@ def test_stall_option_reaches_the_trigger_and_the_eval_command(workdir):
     policy = load_policy(workdir, resample_every=0)
     policy.reset(_infos(1))
     assert policy._trigger.stall_steps == 0
-    policy = load_policy(workdir, resample_every=0, stall_steps=3, epsilon=1e-9)
+    # The hand rule: with the same observation every step its target stays put (the
+    # commanded target would drift on with the untrained policy's actions).
+    policy = load_policy(workdir, resample_every=0, stall_steps=3, epsilon=1e-9,
+                         embodiment="metaworld_hand")
     policy.reset(_infos(1))
     trigger = policy._trigger
     assert trigger.stall_steps == 3
@@ -322,3 +327,38 @@ def test_stall_option_reaches_the_trigger_and_the_eval_command(workdir):
             RuntimeOptions(**bad)
     args = sub.choices["eval"].parse_args(["--stall-steps=30", "--stall-tolerance=0.01"])
     assert (args.stall_steps, args.stall_tolerance) == (30, 0.01)
+
+
+def test_relative_keypose_is_anchored_on_the_query_steps_target(workdir):
+    """keypose_frame='relative': the model's keypose output is an offset from the query
+    step's target. At a query step the trigger distance is the offset's own norm; until
+    the next query the anchored keypose stays put while the target moves."""
+    from atomskill_jax.policies.loading import load_policy
+
+    policy = load_policy(workdir, requery_every=3, ensemble_m="off")
+    policy.relative_keypose = True  # what settings keypose_frame='relative' sets
+    offset = np.linspace(0.4, 0.9, policy.action_dim).astype(np.float32)
+    sample_decode, decode = policy.functions["sample_decode"], policy.functions["decode"]
+
+    def shifted(out):
+        return (*out[:-1], np.broadcast_to(offset, np.shape(out[-1])).copy())
+
+    policy.functions["sample_decode"] = lambda *a: shifted(sample_decode(*a))
+    policy.functions["decode"] = lambda *a: shifted(decode(*a))
+    infos = _infos(2)
+    policy.reset(infos)
+    replay = type(policy.adapter)()
+    replay.reset([info.task for info in infos])
+    anchored = None
+    for t in range(5):
+        obs = _obs(2, seed=t)
+        action = policy.infer(obs)
+        target = policy.normalizer.normalize({"keypose": replay.to_absolute(action, obs)})["keypose"]
+        if t % 3 == 0:  # a query step
+            np.testing.assert_allclose(policy.last_distance,
+                                       np.full(2, np.linalg.norm(offset)), rtol=1e-5)
+            anchored = target + offset
+        else:
+            np.testing.assert_allclose(policy.last_distance,
+                                       np.linalg.norm(target - anchored, axis=-1), rtol=1e-5)
+        assert (policy.skill_counts()["skills"] == 1).all()  # never close enough to fire

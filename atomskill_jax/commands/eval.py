@@ -46,6 +46,11 @@ def add_parser(sub) -> None:
     p.add_argument("--stall-tolerance", type=float, default=None,
                    help="progress smaller than this (normalised) counts as none "
                         "(default: epsilon/4)")
+    p.add_argument("--embodiment", default=None,
+                   help="how the keypose trigger turns a delta action into an absolute "
+                        "target: auto (default: from the datasets), metaworld (the "
+                        "commanded mocap target), metaworld_hand (hand + delta, the rule "
+                        "before), absolute")
     p.add_argument("--ensemble-m", type=_ensemble_m, default=None,
                    help="temporal ensembling of chunks: a weight m (ACT: 0.01) or 'off' "
                         "(default: the model config's decoder.ensemble_m)")
@@ -110,7 +115,8 @@ def run(args) -> int:
     # Only when given: the identity (and so the default --out) of runs without them is
     # what it was before these options existed, so their saved episodes are reused.
     options.update({k: v for k, v in (("stall_steps", args.stall_steps),
-                                      ("stall_tolerance", args.stall_tolerance))
+                                      ("stall_tolerance", args.stall_tolerance),
+                                      ("embodiment", args.embodiment))
                     if v is not None})
     config = ml_collections.ConfigDict(assets["config"])
     spec = registry.get_spec(config)

@@ -179,7 +179,8 @@ MASK_ALIASES = {"proprio": "observation/proprio", "state": "observation/state"}
 def normalizer_keys(action_space: str) -> dict[str, str]:
     """Which statistics field normalises which key of an AtomSkill example."""
     return {"action_chunk": action_space, "skill/actions": action_space,
-            "keypose": "action_abs", "observation/proprio": "observation/proprio",
+            "keypose": "action_abs", "keypose_base": "action_abs",
+            "observation/proprio": "observation/proprio",
             "observation/state": "observation/state"}
 
 

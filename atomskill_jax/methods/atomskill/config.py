@@ -84,6 +84,20 @@ def default_model_config() -> ml_collections.ConfigDict:
         # cap as 1.5 x this percentile of training segment lengths (100: the longest).
         "trigger_dims": None,
         "skill_cap_quantile": 100.0,
+        # What the keypose head predicts. "absolute" (the paper): the skill's terminal
+        # pose k. "relative": k - action_abs[t], the way from the step's own absolute
+        # target to k (in action_abs-normalised units); the policy adds it to the target
+        # of the action executed at the query step. The absolute head memorises training
+        # layouts (its error on evaluation-layout demonstrations is 3-4x that on the
+        # training ones, even at a skill's last step, where k is the current target);
+        # an offset that shrinks to 0 at the skill's end does not need to.
+        "keypose_frame": "absolute",
+        # Where ε comes from (calibration.py): "data" (the rule on true keyposes) or
+        # "predictions" (the same rule on a relative head's own predicted offsets over
+        # `calibration_batches` training batches). None: predictions for a relative
+        # head, data otherwise.
+        "epsilon_from": None,
+        "calibration_batches": 8,
         # Inference default (methods/atomskill/policy.py): temporal ensembling of the
         # overlapping chunks of the current skill, weights exp(m * age) (ACT's m = 0.01);
         # None = off (each step executes the newest chunk's action; the paper).

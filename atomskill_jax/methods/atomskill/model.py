@@ -42,6 +42,18 @@ def trainable_filter(stage: str):
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
 
+KEYPOSE_FRAMES = ("absolute", "relative")
+
+
+def keypose_frame(config) -> str:
+    """The model config's `decoder.keypose_frame` (config.py), checked."""
+    frame = str(config.decoder.get("keypose_frame", "absolute"))
+    if frame not in KEYPOSE_FRAMES:
+        raise ValueError(f"model.decoder.keypose_frame must be one of {KEYPOSE_FRAMES}, "
+                         f"got {frame!r}")
+    return frame
+
+
 class AtomSkill(nnx.Module):
     def __init__(self, config, *, rngs: nnx.Rngs):
         self.obs_encoder = ObservationEncoder(config, rngs=rngs)
@@ -54,6 +66,7 @@ class AtomSkill(nnx.Module):
             self.skill_encoder = self.vq = self.sampler = None
         self.decoder = ActionDecoder(config, rngs=rngs)
         self.predict_keypose = bool(config.decoder.predict_keypose)
+        self.keypose_frame = keypose_frame(config)
         w = config.loss_weights
         self.weights = {k: float(w[k]) for k in w}  # plain floats: static, hashable graph data
         c = config.contrastive
@@ -104,7 +117,10 @@ class AtomSkill(nnx.Module):
         total += w["action"] * a_loss
         metrics.update(a_metrics)
         if self.predict_keypose:
-            k_loss, k_metrics = keypose_l1(keypose, batch["keypose"])
+            target = batch["keypose"]
+            if self.keypose_frame == "relative":  # normalised: n(k) - n(a_abs[t])
+                target = target - batch["keypose_base"]
+            k_loss, k_metrics = keypose_l1(keypose, target)
             total += w["keypose"] * k_loss
             metrics.update(k_metrics)
         metrics["loss"] = total
@@ -187,7 +203,7 @@ def fake_batch(config, batch_size: int, *, action_dim: int | None = None,
                image_size=None, seed: int = 0) -> dict:
     """A numpy batch with the input pipeline's structure (dims default to the model
     config's; see data/fake_batches.py)."""
-    return fake_batches.default_example_batch(
+    batch = fake_batches.default_example_batch(
         batch_size, action_dim=config.action_dim if action_dim is None else action_dim,
         proprio_dim=config.proprio_dim if proprio_dim is None else proprio_dim,
         state_dim=config.state_dim if state_dim is None else state_dim,
@@ -196,6 +212,11 @@ def fake_batch(config, batch_size: int, *, action_dim: int | None = None,
         image_size=tuple(config.image_size if image_size is None else image_size),
         horizon=int(config.horizon), skill_length=int(config.skill_length),
         num_labels=int(config.num_skill_labels), seed=seed)
+    if keypose_frame(config) == "relative":  # the target the keypose is relative to
+        batch["keypose_base"] = np.random.default_rng(seed + 1).normal(
+            size=batch["keypose"].shape).astype(np.float32)
+    return batch
 
 
-__all__ = ["AtomSkill", "CodebookState", "STAGES", "fake_batch", "trainable_filter"]
+__all__ = ["AtomSkill", "CodebookState", "KEYPOSE_FRAMES", "STAGES", "fake_batch",
+           "keypose_frame", "trainable_filter"]

@@ -106,7 +106,10 @@ def make_program(model, assets: dict, options: dict) -> Program:
     # A quarter of ε: progress smaller than that is the hover's jitter, not convergence.
     resolved["stall_tolerance"] = float(
         opts.stall_tolerance if opts.stall_tolerance is not None else 0.25 * resolved["epsilon"])
+    from atomskill_jax.methods.atomskill.model import keypose_frame
+
     settings.update(skills=skills, has_keypose=bool(m.decoder.predict_keypose),
+                    keypose_frame=keypose_frame(m),
                     num_tokens=int(m.skill_encoder.num_tokens), d_model=int(m.d_model),
                     adapter=adapter.name, calibration=calib, options=resolved,
                     traced_options=list(TRACED_OPTIONS))

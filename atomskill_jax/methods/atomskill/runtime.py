@@ -141,6 +141,9 @@ class AtomSkillPolicy(Policy):
         self.resample_every = int(options.resample_every) if self.skills else 0
         self.ensemble_m = options.ensemble_m
         self.has_keypose = bool(settings["has_keypose"])
+        # "relative": the model predicts the keypose minus the query step's own target
+        # (config decoder.keypose_frame); it is anchored on the executed action's target.
+        self.relative_keypose = settings.get("keypose_frame", "absolute") == "relative"
         self.spec = runtime_settings.policy_spec(settings, options.name)
         self.horizon, self.action_dim = int(settings["horizon"]), int(self.spec.action_dim)
         self.input_spec = runtime_settings.input_spec(settings)
@@ -156,6 +159,7 @@ class AtomSkillPolicy(Policy):
         self._seeds = np.array([episode_seed(self.options.seed, t) for t in task_info],
                                np.uint32)
         self._draws = np.zeros(b, np.int32)  # sampler draws per environment since reset
+        self.adapter.reset([t.task for t in task_info])  # its commanded target starts anew
         self._batch = b
         self._chunks = chaining.ChunkBuffer(b, self.horizon, self.action_dim,
                                             requery_every=self.options.requery_every,
@@ -167,6 +171,8 @@ class AtomSkillPolicy(Policy):
                                               stall_tolerance=float(self.options.stall_tolerance))
         self._tokens = np.zeros((b, self._num_tokens, self._d_model), np.float32)
         self._keypose = np.full((b, self.action_dim), np.nan, np.float32)  # normalised abs
+        self._offset = np.zeros((b, self.action_dim), np.float32)  # relative: to anchor
+        self._anchor = np.zeros(b, bool)  # relative: a new offset waits for its anchor
         self._forced = np.zeros(b, bool)  # see force_skill
         self._forced_tokens = np.zeros_like(self._tokens)
         self.last_distance = np.full(b, np.nan)
@@ -230,7 +236,10 @@ class AtomSkillPolicy(Policy):
                 {"action_chunk": np.asarray(chunk)},
                 dataset_index=self.options.dataset_index)["action_chunk"]
             self._chunks.add(chunk, query)
-            if keypose is not None:
+            if keypose is not None and self.relative_keypose:
+                self._offset[query] = np.asarray(keypose)[query]
+                self._anchor |= query
+            elif keypose is not None:
                 self._keypose[query] = np.asarray(keypose)[query]
         action = self._chunks.action()
         self._chunks.advance()
@@ -248,6 +257,12 @@ class AtomSkillPolicy(Policy):
         # The normaliser's "keypose" key is normalised with the action_abs statistics.
         target = self.normalizer.normalize({"keypose": target},
                                            dataset_index=self.options.dataset_index)["keypose"]
+        if self.relative_keypose and self._anchor.any():
+            # The offset was predicted from this step's target: k = target + offset, so at
+            # a query step the distance is the predicted offset's own norm.
+            a = self._anchor
+            self._keypose[a] = target[a] + self._offset[a]
+            self._anchor[:] = False
         keypose = self._keypose
         if self.trigger_dims is not None:
             target, keypose = target[:, self.trigger_dims], keypose[:, self.trigger_dims]
