@@ -170,9 +170,12 @@ def test_several_datasets_with_one_explicit_index_and_chunks():
 
 
 def test_normalizer_keys_name_their_statistics_fields():
-    # The keypose is an absolute target: it uses action_abs even for delta actions.
+    # The keypose is an absolute target: it uses action_abs even for delta actions, and
+    # so does the base the relative keypose head measures it from (the query step's
+    # target), so that keypose - keypose_base is taken in one normalised space.
     assert norm.normalizer_keys("action") == {
         "action_chunk": "action", "skill/actions": "action", "keypose": "action_abs",
+        "keypose_base": "action_abs",
         "observation/proprio": "observation/proprio",
         "observation/state": "observation/state"}
 

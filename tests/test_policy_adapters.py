@@ -107,6 +107,9 @@ def test_the_adapter_is_part_of_the_evaluation_identity():
     assert resolve_options(config, {"embodiment": "metaworld_hand"})["adapter"] == "metaworld_hand"
     with pytest.raises(ValueError, match="unknown embodiment"):
         resolve_options(config, {"embodiment": "metaworld_elbow"})  # before any rollout
+    # Entries given as strings on the command line (the demo's "name/config" form).
+    config.data.datasets = ("metaworld_scripted/custom",)
+    assert resolve_options(config, {})["adapter"] == "metaworld"
     config.model.decoder.skill_conditioning = False
     assert "adapter" not in resolve_options(config, {})
     import argparse

@@ -176,9 +176,11 @@ def resolve_options(config, options: dict) -> dict:
     if has_skills(config):
         # The adapter decides what the keypose trigger measures, so it is part of what
         # decides the actions (episodes evaluated with another one are not reused).
+        from atomskill_jax.data.dataset_entries import parse_entries
         from atomskill_jax.policies import adapters
 
-        names = [d.get("name", "") for d in config.data.get("datasets", [])] + [
+        # Entries are strings ("name:weight") or mappings; parse_entries reads both.
+        names = [e.name for e in parse_entries(config.data)] + [
             str(config.data.get("data_dir", ""))]
         embodiment = options.get("embodiment") or "auto"
         if embodiment != "auto":
