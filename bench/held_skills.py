@@ -123,6 +123,7 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
     shadow = mw.MetaWorldEnv(task, max_steps=envs[0].max_steps + 1)  # remakes states
     executed = [[] for _ in envs]  # native commands per env, for the replay
     done, success = np.zeros(n, bool), np.zeros(n, bool)
+    counts = {k: np.zeros(n) for k in policy.skill_counts()}
     matches, label_hits, starts = [], [], 0
     action_space = config.data.action_space
     length = int(config.model.skill_length)
@@ -164,9 +165,17 @@ def run_task(model, config, assets, task: str, layouts, seed: int, mode: str, op
                 success[i] = done[i] = True
             elif truncated:
                 done[i] = True
+            if done[i]:
+                # Counted when the episode ends: the policy goes on stepping finished
+                # envs (the batch runs until all are done), and a finished env stands
+                # at its keypose, so its trigger fires every step after.
+                for key, value in policy.skill_counts().items():
+                    counts[key][i] = value[i]
         if done.all():
             break
-    counts = policy.skill_counts()
+    final = policy.skill_counts()
+    for key, value in final.items():
+        counts[key][~done] = value[~done]
     for env in envs:
         env.close()
     shadow.close()
