@@ -108,6 +108,15 @@ def run(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     workdir = os.path.abspath(args.workdir)
     assets, checkpoint_dir, step = read_workdir_assets(workdir, args.step)
+    from atomskill_jax.training.workdir_lock import training_holder
+
+    holder = training_holder(workdir)
+    if holder and args.step is None:
+        # The newest checkpoint of a run still training may be an early one of its last
+        # stage (and the calibration of an unfinished run): say so before rolling out.
+        print(f"atomskill eval: warning: {workdir} is still being trained by {holder}; "
+              f"evaluating its newest checkpoint, step {step}, not the run's final one "
+              f"(wait for the run, or pass --step to choose)", file=sys.stderr)
     options = {"requery_every": args.requery_every, "epsilon": args.epsilon,
                "max_skill_steps": args.max_skill_steps, "ensemble_m": args.ensemble_m,
                "resample_every": args.resample_every,

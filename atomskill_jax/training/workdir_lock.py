@@ -115,3 +115,25 @@ def hold(workdir: str, process_index: int = 0):
         yield lock_path(workdir, process_index)
     finally:
         release(fd)
+
+
+def training_holder(workdir: str) -> str | None:
+    """Who trains `workdir` now (a description), or None when no trainer holds its lock.
+    Probes with a shared non-blocking flock on a separate descriptor, so it never
+    disturbs a trainer and never takes the lock over."""
+    path = lock_path(workdir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return _describe(_read_holder(fd))
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
