@@ -124,7 +124,7 @@ def training_holder(workdir: str) -> str | None:
     path = lock_path(workdir)
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # absent (never trained here) or unreadable: nothing to tell
         return None
     try:
         try:
